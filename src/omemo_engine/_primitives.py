@@ -1,0 +1,132 @@
+"""Glue over the well-kept cryptographic libraries. The only module of the engine that imports them.
+
+Nothing here is a hand-rolled primitive: X25519, AES, HKDF come from ``cryptography`` (OpenSSL),
+HMAC-SHA-256 and SHA-512 from the standard library's OpenSSL-backed ``hmac``/``hashlib``, and the
+Ed25519 group operations XEdDSA needs from libsodium through PyNaCl (see :mod:`.xeddsa`).
+
+Every function takes and returns ``bytes`` and raises only the engine's errors for bad input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from .errors import AuthenticationFailed, InvalidKey
+
+__all__ = [
+    "KEY_LENGTH",
+    "aes_cbc_decrypt",
+    "aes_cbc_encrypt",
+    "aes_gcm_decrypt",
+    "aes_gcm_encrypt",
+    "constant_time_equal",
+    "hkdf_sha256",
+    "hmac_sha256",
+    "sha512",
+    "x25519",
+    "x25519_public",
+]
+
+#: Length of every X25519/Ed25519 key (private scalar, seed or public key), in bytes.
+KEY_LENGTH = 32
+
+_SHA256 = hashes.SHA256()
+_BLOCK = 16
+
+
+def hmac_sha256(key: bytes, data: bytes) -> bytes:
+    """HMAC-SHA-256 (RFC 2104) of ``data`` under ``key``."""
+    return hmac.digest(key, data, "sha256")
+
+
+def constant_time_equal(a: bytes, b: bytes) -> bool:
+    """Compare two byte strings in time independent of their contents."""
+    return hmac.compare_digest(a, b)
+
+
+def sha512(data: bytes) -> bytes:
+    """SHA-512 digest of ``data``."""
+    return hashlib.sha512(data).digest()
+
+
+def hkdf_sha256(ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:
+    """HKDF-SHA-256 (RFC 5869) extract-and-expand."""
+    return HKDF(algorithm=_SHA256, length=length, salt=salt, info=info).derive(ikm)
+
+
+def _check_key(name: str, key: bytes) -> None:
+    if len(key) != KEY_LENGTH:
+        raise InvalidKey(f"{name} must be {KEY_LENGTH} bytes, got {len(key)}")
+
+
+def x25519_public(private: bytes) -> bytes:
+    """The X25519 public key (Curve25519 u-coordinate) of a private scalar (clamped on use)."""
+    _check_key("X25519 private key", private)
+    return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
+
+
+def x25519(private: bytes, public: bytes) -> bytes:
+    """X25519 (RFC 7748) shared secret.
+
+    Raises:
+        InvalidKey: a key has the wrong length, or the result is all zero (a small-order public key).
+    """
+    _check_key("X25519 private key", private)
+    _check_key("X25519 public key", public)
+    try:
+        return X25519PrivateKey.from_private_bytes(private).exchange(
+            X25519PublicKey.from_public_bytes(public)
+        )
+    except ValueError:
+        raise InvalidKey("X25519 with this public key gives the all-zero secret (small-order point)") from None
+
+
+def aes_cbc_encrypt(key: bytes, iv: bytes, plaintext: bytes) -> bytes:
+    """AES-CBC with PKCS#7 padding (the key length selects AES-128/192/256)."""
+    pad = _BLOCK - len(plaintext) % _BLOCK
+    encryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
+    return encryptor.update(plaintext + bytes((pad,)) * pad) + encryptor.finalize()
+
+
+def aes_cbc_decrypt(key: bytes, iv: bytes, ciphertext: bytes) -> bytes:
+    """Inverse of :func:`aes_cbc_encrypt`.
+
+    Raises:
+        AuthenticationFailed: the ciphertext is not a whole number of blocks or the padding is bad.
+    """
+    if not ciphertext or len(ciphertext) % _BLOCK:
+        raise AuthenticationFailed("AES-CBC ciphertext length is not a positive multiple of 16")
+    decryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).decryptor()
+    padded = decryptor.update(ciphertext) + decryptor.finalize()
+    pad = padded[-1]
+    if not 1 <= pad <= _BLOCK or not constant_time_equal(padded[-pad:], bytes((pad,)) * pad):
+        raise AuthenticationFailed("bad PKCS#7 padding")
+    return padded[:-pad]
+
+
+def aes_gcm_encrypt(key: bytes, iv: bytes, plaintext: bytes) -> tuple[bytes, bytes]:
+    """AES-GCM without associated data; returns ``(ciphertext, 16-byte tag)``."""
+    sealed = AESGCM(key).encrypt(iv, plaintext, None)
+    return sealed[:-16], sealed[-16:]
+
+
+def aes_gcm_decrypt(key: bytes, iv: bytes, ciphertext: bytes, tag: bytes) -> bytes:
+    """AES-GCM decryption without associated data.
+
+    Raises:
+        AuthenticationFailed: the tag does not verify, or key/IV/tag lengths are unusable.
+    """
+    if len(tag) != 16:
+        raise AuthenticationFailed(f"AES-GCM tag must be 16 bytes, got {len(tag)}")
+    try:
+        return AESGCM(key).decrypt(iv, ciphertext + tag, None)
+    except (InvalidTag, ValueError):
+        raise AuthenticationFailed("AES-GCM authentication failed") from None
