@@ -86,7 +86,7 @@ def x25519(private: bytes, public: bytes) -> bytes:
             X25519PublicKey.from_public_bytes(public)
         )
     except ValueError:
-        raise InvalidKey("X25519 with this public key gives the all-zero secret (small-order point)") from None
+        raise InvalidKey("X25519 with this public key gives the all-zero secret (small order)") from None
 
 
 def aes_cbc_encrypt(key: bytes, iv: bytes, plaintext: bytes) -> bytes:

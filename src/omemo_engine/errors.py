@@ -13,6 +13,7 @@ __all__ = [
     "EngineError",
     "InvalidKey",
     "InvalidSignature",
+    "InvalidState",
     "KeyExchangeError",
     "MalformedMessage",
     "MalformedXML",
@@ -54,3 +55,7 @@ class TooManySkippedKeys(EngineError):
 
 class KeyExchangeError(EngineError):
     """An X3DH key exchange cannot be completed (bad bundle, unknown pre key, bad signature...)."""
+
+
+class InvalidState(EngineError, ValueError):
+    """A serialised engine record (ratchet state, key state) is corrupt or of an unknown version."""

@@ -1,0 +1,407 @@
+"""The Double Ratchet (Signal's Double Ratchet specification, rev. 1), shared by both namespaces.
+
+Theory of operation. A :class:`RatchetState` is an immutable value; :func:`encrypt` and
+:func:`decrypt` return a NEW state and never modify the one they were given. This is what makes
+decryption transactional: the caller keeps the old state until the MAC verified and every check
+passed, and simply drops the candidate state when anything fails.
+
+KDFs (PROTOCOL.md 3.2 and 4.3)::
+
+    root step:    (root', ck) = HKDF-SHA-256(ikm = DH output, salt = root, info = root_info, 64)
+    chain step:   mk = HMAC-SHA-256(ck, 0x01);  ck' = HMAC-SHA-256(ck, 0x02)
+    message keys: (aes_key 32, mac_key 32, iv 16) = HKDF-SHA-256(mk, salt = 0*32, info, 80)
+
+Messages are AES-256-CBC with PKCS#7 under ``aes_key``; the profile's wire codec serialises the
+header and ciphertext and appends a truncated HMAC over ``associated data || message``.
+
+Skipped message keys are kept in an insertion-ordered mapping keyed by ``(ratchet key, n)``,
+bounded per session (the oldest are evicted first) and per message (a message that would skip more
+keys than allowed is refused with :class:`TooManySkippedKeys`). When a new ratchet key arrives, the
+keys left in the old receiving chain (up to the header's ``pn``) are skipped too; if that gap alone
+exceeds the per-message limit those keys are not derived (the old chain's missing messages are
+given up) rather than refusing the new message, which is what the reference implementations do.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from ._primitives import (
+    aes_cbc_decrypt,
+    aes_cbc_encrypt,
+    constant_time_equal,
+    hkdf_sha256,
+    hmac_sha256,
+    x25519,
+    x25519_public,
+)
+from .errors import (
+    AuthenticationFailed,
+    DuplicateMessage,
+    EngineError,
+    InvalidKey,
+    InvalidState,
+    TooManySkippedKeys,
+)
+from .profile import Profile
+from .wire import Header, OpenedMessage
+
+__all__ = [
+    "RatchetState",
+    "decrypt",
+    "encrypt",
+    "initialize_active",
+    "initialize_passive",
+]
+
+_SALT = bytes(32)
+_MESSAGE_KEY_SEED = b"\x01"
+_CHAIN_KEY_SEED = b"\x02"
+_STATE_VERSION = 1
+_COUNTERS = struct.Struct(">III")
+_U32 = struct.Struct(">I")
+_SKIPPED_ENTRY = struct.Struct(">32sI32s")
+
+SkippedKeys = Mapping[tuple[bytes, int], bytes]
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class RatchetState:
+    """An immutable Double Ratchet session state.
+
+    Attributes:
+        initiator: whether we are the X3DH initiator (decides the MAC's associated-data order in
+            the legacy namespace).
+        associated_data: the X3DH associated data, initiator's identity first.
+        root_key: the current root key (secret).
+        own_ratchet_priv: our current ratchet private key (secret).
+        own_ratchet_pub: its public key.
+        other_ratchet_pub: the peer's current ratchet key (for the initiator, initially the peer's
+            signed pre key), or None before anything was received by the responder.
+        sending_chain_key: the sending chain key, None until the responder received a message.
+        sending_n: number of message keys taken from the sending chain.
+        receiving_chain_key: the receiving chain key, None until a message was received.
+        receiving_n: number of message keys taken from the receiving chain.
+        previous_sending_n: length of our previous sending chain (the ``pn`` we send).
+        skipped: skipped message keys, oldest first (secret values). Never mutated.
+    """
+
+    initiator: bool
+    associated_data: bytes
+    root_key: bytes
+    own_ratchet_priv: bytes
+    own_ratchet_pub: bytes
+    other_ratchet_pub: bytes | None
+    sending_chain_key: bytes | None
+    sending_n: int
+    receiving_chain_key: bytes | None
+    receiving_n: int
+    previous_sending_n: int
+    skipped: SkippedKeys
+
+    def __repr__(self) -> str:
+        return (
+            f"RatchetState(initiator={self.initiator}, sending_n={self.sending_n}, "
+            f"receiving_n={self.receiving_n if self.receiving_chain_key is not None else None}, "
+            f"previous_sending_n={self.previous_sending_n}, skipped={len(self.skipped)})"
+        )
+
+    @property
+    def sending_chain_length(self) -> int | None:
+        """Messages sent in the current sending chain, or None if there is no sending chain."""
+        return self.sending_n if self.sending_chain_key is not None else None
+
+    @property
+    def receiving_chain_length(self) -> int | None:
+        """Messages received in the current receiving chain, or None if there is none yet."""
+        return self.receiving_n if self.receiving_chain_key is not None else None
+
+    def to_bytes(self) -> bytes:
+        """Serialise to a compact, versioned binary record (contains secrets)."""
+        flags = (
+            self.initiator
+            | (self.other_ratchet_pub is not None) << 1
+            | (self.sending_chain_key is not None) << 2
+            | (self.receiving_chain_key is not None) << 3
+        )
+        parts = [
+            bytes((_STATE_VERSION, flags, len(self.associated_data))),
+            self.associated_data,
+            self.root_key,
+            self.own_ratchet_priv,
+            self.own_ratchet_pub,
+            self.other_ratchet_pub or b"",
+            self.sending_chain_key or b"",
+            self.receiving_chain_key or b"",
+            _COUNTERS.pack(self.sending_n, self.receiving_n, self.previous_sending_n),
+            _U32.pack(len(self.skipped)),
+        ]
+        parts.extend(_SKIPPED_ENTRY.pack(pub, n, mk) for (pub, n), mk in self.skipped.items())
+        return b"".join(parts)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> RatchetState:
+        """Load a record written by :meth:`to_bytes`.
+
+        Raises:
+            InvalidState: the record is truncated, corrupt or of an unknown version.
+        """
+        try:
+            version, flags, ad_len = data[0], data[1], data[2]
+            if version != _STATE_VERSION:
+                raise InvalidState(f"unknown ratchet state version {version}")
+            pos = 3
+            ad = data[pos : pos + ad_len]
+            pos += ad_len
+
+            def take() -> bytes:
+                nonlocal pos
+                value = data[pos : pos + 32]
+                if len(value) != 32:
+                    raise InvalidState("ratchet state record is truncated")
+                pos += 32
+                return value
+
+            root, own_priv, own_pub = take(), take(), take()
+            other = take() if flags & 2 else None
+            send = take() if flags & 4 else None
+            recv = take() if flags & 8 else None
+            sending_n, receiving_n, pn = _COUNTERS.unpack_from(data, pos)
+            (count,) = _U32.unpack_from(data, pos + _COUNTERS.size)
+            pos += _COUNTERS.size + _U32.size
+            if len(data) != pos + count * _SKIPPED_ENTRY.size:
+                raise InvalidState("ratchet state record has a wrong length")
+            skipped = {(pub, n): mk for pub, n, mk in _SKIPPED_ENTRY.iter_unpack(data[pos:])}
+        except (IndexError, struct.error):
+            raise InvalidState("ratchet state record is truncated") from None
+        if len(ad) != ad_len:
+            raise InvalidState("ratchet state record is truncated")
+        counters = (sending_n, recv, receiving_n, pn)
+        return cls(bool(flags & 1), ad, root, own_priv, own_pub, other, send, *counters, skipped)
+
+
+def _root_step(profile: Profile, root_key: bytes, dh_output: bytes) -> tuple[bytes, bytes]:
+    out = hkdf_sha256(dh_output, root_key, profile.root_info, 64)
+    return out[:32], out[32:]
+
+
+def _message_keys(profile: Profile, message_key: bytes) -> tuple[bytes, bytes, bytes]:
+    out = hkdf_sha256(message_key, _SALT, profile.message_key_info, 80)
+    return out[:32], out[32:64], out[64:]
+
+
+def initialize_active(
+    profile: Profile,
+    shared_secret: bytes,
+    associated_data: bytes,
+    other_signed_pre_key: bytes,
+    random_bytes: Callable[[int], bytes] = os.urandom,
+) -> RatchetState:
+    """The initiator's state after X3DH: a fresh ratchet key and a sending chain.
+
+    The peer's signed pre key serves as its first ratchet key (Signal's ``RatchetInitAlice``).
+    """
+    priv = random_bytes(32)
+    root, chain = _root_step(profile, shared_secret, x25519(priv, other_signed_pre_key))
+    return RatchetState(
+        True, associated_data, root, priv, x25519_public(priv), other_signed_pre_key, chain, 0, None, 0, 0, {}
+    )
+
+
+def initialize_passive(
+    profile: Profile,
+    shared_secret: bytes,
+    associated_data: bytes,
+    signed_pre_key_priv: bytes,
+    signed_pre_key_pub: bytes,
+) -> RatchetState:
+    """The responder's state after X3DH: its signed pre key is its first ratchet key, no chains yet
+    (Signal's ``RatchetInitBob``); the first received message performs the first DH step."""
+    del profile  # same for both namespaces; kept for symmetry with initialize_active
+    return RatchetState(
+        False,
+        associated_data,
+        shared_secret,
+        signed_pre_key_priv,
+        signed_pre_key_pub,
+        None,
+        None,
+        0,
+        None,
+        0,
+        0,
+        {},
+    )
+
+
+def encrypt(profile: Profile, state: RatchetState, plaintext: bytes) -> tuple[RatchetState, bytes]:
+    """Encrypt ``plaintext`` with the next key of the sending chain.
+
+    Returns:
+        ``(new_state, wire_bytes)``; the caller must keep ``new_state`` (message keys are one-shot).
+
+    Raises:
+        EngineError: the state has no sending chain (a responder that has not received yet).
+    """
+    chain = state.sending_chain_key
+    if chain is None:
+        raise EngineError("this session has no sending chain yet: the responder must receive first")
+    aes_key, mac_key, iv = _message_keys(profile, hmac_sha256(chain, _MESSAGE_KEY_SEED))
+    header = Header(state.own_ratchet_pub, state.sending_n, state.previous_sending_n)
+    data = profile.wire.seal(
+        header,
+        aes_cbc_encrypt(aes_key, iv, plaintext),
+        mac_key,
+        profile.mac_associated_data(state.associated_data, sender_is_initiator=state.initiator),
+    )
+    new_state = RatchetState(
+        state.initiator,
+        state.associated_data,
+        state.root_key,
+        state.own_ratchet_priv,
+        state.own_ratchet_pub,
+        state.other_ratchet_pub,
+        hmac_sha256(chain, _CHAIN_KEY_SEED),
+        state.sending_n + 1,
+        state.receiving_chain_key,
+        state.receiving_n,
+        state.previous_sending_n,
+        state.skipped,
+    )
+    return new_state, data
+
+
+def _open(profile: Profile, message_key: bytes, mac_ad: bytes, opened: OpenedMessage) -> bytes:
+    aes_key, mac_key, iv = _message_keys(profile, message_key)
+    expected = hmac_sha256(mac_key, mac_ad + opened.mac_input)[: profile.wire.mac_length]
+    if not constant_time_equal(expected, opened.mac):
+        raise AuthenticationFailed("message authentication failed (bad MAC)")
+    return aes_cbc_decrypt(aes_key, iv, opened.ciphertext)
+
+
+def _skip(
+    skipped: dict[tuple[bytes, int], bytes], chain: bytes, ratchet_pub: bytes, start: int, stop: int
+) -> bytes:
+    for n in range(start, stop):
+        skipped[(ratchet_pub, n)] = hmac_sha256(chain, _MESSAGE_KEY_SEED)
+        chain = hmac_sha256(chain, _CHAIN_KEY_SEED)
+    return chain
+
+
+def decrypt(
+    profile: Profile,
+    state: RatchetState,
+    data: bytes,
+    *,
+    max_skipped_per_message: int,
+    max_skipped_per_session: int,
+    random_bytes: Callable[[int], bytes] = os.urandom,
+) -> tuple[RatchetState, bytes]:
+    """Decrypt a ratchet message. Transactional: ``state`` is never modified.
+
+    Args:
+        profile: the namespace profile.
+        state: the current session state.
+        data: the sealed ratchet message as received.
+        max_skipped_per_message: how many message keys one message may skip.
+        max_skipped_per_session: how many skipped message keys the session keeps (oldest evicted).
+        random_bytes: RNG for the new ratchet key of a DH step.
+
+    Returns:
+        ``(new_state, plaintext)``. Persist ``new_state`` only after every other check of the
+        caller (e.g. trust) passed.
+
+    Raises:
+        MalformedMessage: the bytes do not parse.
+        AuthenticationFailed: the MAC, the padding or the peer's ratchet key is bad.
+        DuplicateMessage: the message's key was already used (a replay or duplicate).
+        TooManySkippedKeys: the message skips more keys than ``max_skipped_per_message``.
+    """
+    opened = profile.wire.open(data)
+    header = opened.header
+    mac_ad = profile.mac_associated_data(state.associated_data, sender_is_initiator=not state.initiator)
+    key = (header.dh_pub, header.n)
+    if key in state.skipped:
+        plaintext = _open(profile, state.skipped[key], mac_ad, opened)
+        remaining = dict(state.skipped)
+        del remaining[key]
+        return _replace_skipped(state, remaining), plaintext
+
+    root = state.root_key
+    own_priv, own_pub = state.own_ratchet_priv, state.own_ratchet_pub
+    sending_chain, sending_n, pn = state.sending_chain_key, state.sending_n, state.previous_sending_n
+    new_skipped: dict[tuple[bytes, int], bytes] | None = None
+    if state.receiving_chain_key is not None and header.dh_pub == state.other_ratchet_pub:
+        chain, receiving_n = state.receiving_chain_key, state.receiving_n
+        if header.n < receiving_n:
+            raise DuplicateMessage(
+                f"message {header.n} of the current receiving chain was already received "
+                f"(or its key was evicted); the chain is at {receiving_n}"
+            )
+    else:
+        if state.receiving_chain_key is not None and state.other_ratchet_pub is not None:
+            gap = header.pn - state.receiving_n
+            if 0 < gap <= max_skipped_per_message:
+                new_skipped = dict(state.skipped)
+                old_chain, old_pub = state.receiving_chain_key, state.other_ratchet_pub
+                _skip(new_skipped, old_chain, old_pub, state.receiving_n, header.pn)
+        try:
+            root, chain = _root_step(profile, root, x25519(own_priv, header.dh_pub))
+            own_priv = random_bytes(32)
+            own_pub = x25519_public(own_priv)
+            root, sending_chain = _root_step(profile, root, x25519(own_priv, header.dh_pub))
+        except InvalidKey:
+            raise AuthenticationFailed("the message carries an invalid ratchet key") from None
+        pn = sending_n if state.sending_chain_key is not None else 0
+        sending_n = 0
+        receiving_n = 0
+    if header.n - receiving_n > max_skipped_per_message:
+        raise TooManySkippedKeys(
+            f"message {header.n} would skip {header.n - receiving_n} message keys; "
+            f"at most {max_skipped_per_message} are allowed per message"
+        )
+    if header.n > receiving_n:
+        if new_skipped is None:
+            new_skipped = dict(state.skipped)
+        chain = _skip(new_skipped, chain, header.dh_pub, receiving_n, header.n)
+    plaintext = _open(profile, hmac_sha256(chain, _MESSAGE_KEY_SEED), mac_ad, opened)
+    skipped: SkippedKeys = state.skipped
+    if new_skipped is not None:
+        while len(new_skipped) > max_skipped_per_session:
+            del new_skipped[next(iter(new_skipped))]
+        skipped = new_skipped
+    new_state = RatchetState(
+        state.initiator,
+        state.associated_data,
+        root,
+        own_priv,
+        own_pub,
+        header.dh_pub,
+        sending_chain,
+        sending_n,
+        hmac_sha256(chain, _CHAIN_KEY_SEED),
+        header.n + 1,
+        pn,
+        skipped,
+    )
+    return new_state, plaintext
+
+
+def _replace_skipped(state: RatchetState, skipped: SkippedKeys) -> RatchetState:
+    return RatchetState(
+        state.initiator,
+        state.associated_data,
+        state.root_key,
+        state.own_ratchet_priv,
+        state.own_ratchet_pub,
+        state.other_ratchet_pub,
+        state.sending_chain_key,
+        state.sending_n,
+        state.receiving_chain_key,
+        state.receiving_n,
+        state.previous_sending_n,
+        skipped,
+    )
