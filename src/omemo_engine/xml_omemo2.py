@@ -138,8 +138,11 @@ class PreKey:
     pub: bytes
 
     def __post_init__(self) -> None:
-        _check_id("pre_key_id", self.pre_key_id)
-        _check_length("pub", self.pub, PUBLIC_KEY_LENGTH)
+        # Inlined checks: bundles carry ~100 pre-keys and this runs for each of them.
+        if not MIN_ID <= self.pre_key_id <= MAX_ID:
+            _check_id("pre_key_id", self.pre_key_id)
+        if len(self.pub) != PUBLIC_KEY_LENGTH:
+            _check_length("pub", self.pub, PUBLIC_KEY_LENGTH)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -536,6 +539,12 @@ if sys.version_info >= (3, 11):
         padding; the two extra checks reject missing padding and more than two ``=`` (which
         ``strict_mode`` accepts).
         """
+        if len(text) % 4 == 0 and not text.endswith("==="):
+            # Fast path: most clients send base64 without whitespace (strict mode rejects any).
+            try:
+                return binascii.a2b_base64(text, strict_mode=True)
+            except binascii.Error:
+                pass
         compact = "".join(text.split())
         if len(compact) % 4 or compact.endswith("==="):
             raise ValueError("not base64")
