@@ -1,0 +1,51 @@
+"""Fixtures of the interop tests: the two interpreters and a network of peers.
+
+- ``reference_python``: the reference stack's interpreter, from a venv built once and cached (see
+  ``refenv.py``; ``OMEMO_REFENV`` moves it). If it cannot be built the tests are skipped, or fail
+  when ``CI`` is ``"true"``.
+- ``our_python``: the interpreter running the tests (our packages). ``OMEMO_INTEROP_OURS_PYTHON``
+  overrides it, e.g. with the reference interpreter to check the scenarios reference-vs-reference.
+- ``network``: a :class:`~.harness.Network` whose peers are stopped after the test.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from .harness import Network
+from .refenv import ReferenceEnvError, ensure_reference_env
+
+OURS_OVERRIDE_VARIABLE = "OMEMO_INTEROP_OURS_PYTHON"
+
+
+@pytest.fixture(scope="session")
+def reference_python() -> Path:
+    """Returns: the interpreter of the cached reference venv (built on first use)."""
+    try:
+        return ensure_reference_env()
+    except (ReferenceEnvError, OSError) as e:
+        message = f"the reference OMEMO venv is not available: {e}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def our_python() -> Path:
+    """Returns: the interpreter for "our" peers (``sys.executable`` unless overridden)."""
+    return Path(os.environ.get(OURS_OVERRIDE_VARIABLE) or sys.executable)
+
+
+@pytest.fixture
+def network(tmp_path: Path) -> Iterator[Network]:
+    """Yields: a fresh network in ``tmp_path``; all its peers are stopped afterwards."""
+    net = Network(tmp_path)
+    try:
+        yield net
+    finally:
+        net.close()
