@@ -7,9 +7,7 @@ for signed device labels (XEP-0384 0.9: :class:`SignedLabel` and :data:`DeviceLi
 from __future__ import annotations
 
 import enum
-from typing import Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Tuple, Union
-
-from typing_extensions import TypeAlias
+from typing import Dict, FrozenSet, Mapping, NamedTuple, Optional, Sequence, Tuple, TypeAlias, Union
 
 __all__ = [
     "AsyncFramework",
@@ -66,9 +64,13 @@ class TrustLevel(enum.Enum):
     UNDECIDED = "UNDECIDED"
 
 
-# A JSON-serialisable value. 1.0.2 spelled this as a non-recursive union nested a few levels deep; the
-# recursive form (as in 1.3+) accepts every value the old one did.
-JSONType: TypeAlias = Union[Mapping[str, "JSONType"], List["JSONType"], str, int, float, bool, None]
+# A JSON-serialisable value. 1.0.2 used a loose non-recursive union, 1.3 the recursive
+# ``Union[Mapping[str, JSONType], List[JSONType], ...]``. We use the recursive form with ``Sequence`` in
+# place of ``List``: ``List`` is invariant, so under the 1.3 spelling ``storage.store(key, [1, 2])``
+# with a ``list[int]`` variable does not type-check, while everything the 1.3 alias accepts is still
+# accepted here. (Tuples are stored as lists, as JSON does. The price: ``bytes`` is a ``Sequence[int]``
+# and so type-checks; ``Storage.store`` rejects it at run time, pointing to ``store_bytes``.)
+JSONType: TypeAlias = Union[Mapping[str, "JSONType"], Sequence["JSONType"], str, int, float, bool, None]
 
 
 class SignedLabel(NamedTuple):

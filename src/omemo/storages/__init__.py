@@ -1,0 +1,25 @@
+"""Ready-made :class:`~omemo.storage.Storage` implementations.
+
+- :class:`MemoryStorage`: a dict, optionally JSON-serialising every value (for tests and demos).
+- :class:`SQLiteStorage`: one SQLite file (WAL journal); every write is committed (and, by default,
+  synced to disk) before the coroutine returns.
+
+Both offer, beyond the :class:`~omemo.storage.Storage` API:
+
+- ``async with storage.transaction(): ...`` groups the writes of the current task into one atomic
+  unit: committed when the block ends normally, rolled back (cache included) when it raises. Writes
+  of other tasks wait until the block has ended; nested blocks join the outer one; reads see the
+  writes made so far. This is optional API: code that must work with any storage can check
+  ``hasattr(storage, "transaction")``.
+- ``snapshot()`` returns a copy of the whole content as a dict.
+
+:class:`SQLiteStorage` is also an async context manager (``async with SQLiteStorage(path) as s:``)
+and has :meth:`SQLiteStorage.close`.
+"""
+
+from __future__ import annotations
+
+from ._memory import MemoryStorage
+from ._sqlite import SQLiteStorage
+
+__all__ = ["MemoryStorage", "SQLiteStorage"]
