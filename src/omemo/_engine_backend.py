@@ -1,0 +1,858 @@
+"""The shared implementation of the ``twomemo`` and ``oldmemo`` backends on top of ``omemo_engine``.
+
+Theory of operation. Both namespaces use the same X3DH and Double Ratchet engine with a different
+:class:`~omemo_engine.profile.Profile`, so one backend class does the work and the two packages
+only add what really differs: the payload cipher, how a bundle carries its identity key and
+signature, and the concrete value classes (``BundleImpl``, ``SessionImpl``...) that the python-omemo
+API exposes per package.
+
+Stored state (all keys below ``/{namespace}/``), two kinds of versioned records:
+
+- ``keys``: the device's own key state (signed pre keys, one-time pre keys visible and hidden, the
+  pre-key id counter, rotation timestamps), one JSON record. Written only when the keys change.
+- ``session/{bare_jid}/{device_id}``: one compact binary record per session (bytes through
+  :meth:`~omemo.storage.Storage.store_bytes`): key exchange and ratchet state together, so a
+  steady-state encrypt or decrypt writes exactly one record.
+- ``session-jids`` and ``session-devices/{bare_jid}``: the index of stored sessions (for
+  :meth:`purge` / :meth:`purge_bare_jid`), written only when a session with a new device is stored.
+
+Hidden pre keys are persisted like visible ones (unlike the reference, PROTOCOL.md 6.2), so key
+exchanges that reuse a pre key during history synchronisation keep working until
+:meth:`delete_hidden_pre_keys`.
+
+The identity key pair is not copied into the backend's records: it is read through
+:meth:`omemo.identity_key_pair.IdentityKeyPair.get` and cached.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import struct
+import time
+from abc import abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Optional, Tuple
+
+from omemo_engine import ratchet, x3dh, xeddsa
+from omemo_engine.errors import EngineError, InvalidState, KeyExchangeError, TooManySkippedKeys
+from omemo_engine.profile import Profile
+from omemo_engine.ratchet import RatchetState
+
+from .backend import Backend, DecryptionFailed, KeyExchangeFailed, TooManySkippedMessageKeys
+from .bundle import Bundle
+from .identity_key_pair import IdentityKeyPair
+from .message import Content, EncryptedKeyMaterial, KeyExchange, PlainKeyMaterial
+from .session import Initiation, Session
+from .storage import Storage
+
+__all__ = [
+    "DEFAULT_PRE_KEY_COUNT",
+    "EngineBackend",
+    "EngineBundle",
+    "EngineEncryptedKeyMaterial",
+    "EngineKeyExchange",
+    "EngineSession",
+    "KeyState",
+]
+
+#: How many one-time pre keys a fresh device publishes (XEP-0384: at least 25, "around 100").
+DEFAULT_PRE_KEY_COUNT = 100
+#: Largest id allowed for pre keys and signed pre keys (XEP-0384: 1 .. 2^31 - 1).
+MAX_ID = 2**31 - 1
+#: A signed pre key id of migrated legacy sessions whose original id is unknown.
+UNKNOWN_SPK_ID = -1
+
+_KEY_STATE_VERSION = 1
+_SESSION_VERSION = 1
+_SESSION_HEADER = struct.Struct(">BBBIi32s32sB")
+
+
+def _b64(value: bytes) -> str:
+    return base64.b64encode(value).decode("ascii")
+
+
+def _unb64(value: Any) -> bytes:
+    if not isinstance(value, str):
+        raise InvalidState("key state record holds a non-string where base64 was expected")
+    return base64.b64decode(value, validate=True)
+
+
+# -- value classes exposed through the python-omemo API -------------------------------------------
+
+
+class EngineBundle(Bundle):
+    """A device's bundle: identity key (Ed25519), signed pre key with id and signature, pre keys.
+
+    ``signed_pre_key_signature`` is the plain Ed25519 signature; the legacy namespace's sign-bit
+    convention is applied only when (de)serialising XML.
+    """
+
+    NAMESPACE: ClassVar[str]
+
+    __slots__ = ("_bare_jid", "_device_id", "_engine")
+
+    def __init__(
+        self,
+        bare_jid: str,
+        device_id: int,
+        identity_key: bytes,
+        signed_pre_key_id: int,
+        signed_pre_key: bytes,
+        signed_pre_key_signature: bytes,
+        pre_keys: Mapping[int, bytes],
+        identity_key_curve: Optional[bytes] = None,
+    ) -> None:
+        self._bare_jid = bare_jid
+        self._device_id = device_id
+        self._engine = x3dh.PreKeyBundle(
+            identity_key=identity_key,
+            signed_pre_key_id=signed_pre_key_id,
+            signed_pre_key=signed_pre_key,
+            signed_pre_key_signature=signed_pre_key_signature,
+            pre_keys=dict(pre_keys),
+            identity_key_curve=identity_key_curve,
+        )
+
+    @property
+    def namespace(self) -> str:
+        return self.NAMESPACE
+
+    @property
+    def bare_jid(self) -> str:
+        return self._bare_jid
+
+    @property
+    def device_id(self) -> int:
+        return self._device_id
+
+    @property
+    def identity_key(self) -> bytes:
+        return self._engine.identity_key
+
+    @property
+    def signed_pre_key_id(self) -> int:
+        """The id of the signed pre key."""
+        return self._engine.signed_pre_key_id
+
+    @property
+    def signed_pre_key(self) -> bytes:
+        """The signed pre key (X25519 public key)."""
+        return self._engine.signed_pre_key
+
+    @property
+    def signed_pre_key_signature(self) -> bytes:
+        """The Ed25519 signature of the signed pre key by the identity key."""
+        return self._engine.signed_pre_key_signature
+
+    @property
+    def pre_keys(self) -> Mapping[int, bytes]:
+        """The one-time pre keys (X25519 public keys) by id."""
+        return self._engine.pre_keys
+
+    @property
+    def engine_bundle(self) -> x3dh.PreKeyBundle:
+        """The bundle as the X3DH engine takes it."""
+        return self._engine
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, EngineBundle)
+            and other.NAMESPACE == self.NAMESPACE
+            and other._bare_jid == self._bare_jid
+            and other._device_id == self._device_id
+            and _same_bundle(other._engine, self._engine)
+        )
+
+    def __hash__(self) -> int:
+        e = self._engine
+        return hash(
+            (self.NAMESPACE, self._bare_jid, self._device_id, e.identity_key, e.signed_pre_key_id,
+             e.signed_pre_key, e.signed_pre_key_signature, frozenset(e.pre_keys.items()))
+        )  # fmt: skip
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(bare_jid={self._bare_jid!r}, device_id={self._device_id}, "
+            f"signed_pre_key_id={self.signed_pre_key_id}, pre_keys={len(self.pre_keys)})"
+        )
+
+
+def _same_bundle(a: x3dh.PreKeyBundle, b: x3dh.PreKeyBundle) -> bool:
+    # identity_key_curve is a cache of a derived value and does not take part in equality.
+    return (
+        a.identity_key == b.identity_key
+        and a.signed_pre_key_id == b.signed_pre_key_id
+        and a.signed_pre_key == b.signed_pre_key
+        and a.signed_pre_key_signature == b.signed_pre_key_signature
+        and a.pre_keys == b.pre_keys
+    )
+
+
+class EngineKeyExchange(KeyExchange):
+    """The X3DH data the initiator sends until the session is confirmed.
+
+    A parsed ("network") instance carries only ids and the initiator's keys; a stored instance also
+    the public signed pre key and pre key that were used.
+    """
+
+    __slots__ = ("_ik", "ephemeral_key", "pre_key", "pre_key_id", "signed_pre_key", "signed_pre_key_id")
+
+    def __init__(
+        self,
+        identity_key: bytes,
+        ephemeral_key: bytes,
+        signed_pre_key_id: int,
+        pre_key_id: int,
+        signed_pre_key: Optional[bytes] = None,
+        pre_key: Optional[bytes] = None,
+    ) -> None:
+        self._ik = identity_key
+        self.ephemeral_key = ephemeral_key
+        self.signed_pre_key_id = signed_pre_key_id
+        self.pre_key_id = pre_key_id
+        self.signed_pre_key = signed_pre_key
+        self.pre_key = pre_key
+
+    @property
+    def identity_key(self) -> bytes:
+        return self._ik
+
+    def is_network_instance(self) -> bool:
+        """Whether this instance was parsed from the wire (ids only, no public pre keys)."""
+        return self.signed_pre_key is None
+
+    def is_migrated_instance(self) -> bool:
+        """Whether this key exchange comes from migrated pre-1.0 data (signed pre key id unknown)."""
+        return self.signed_pre_key_id == UNKNOWN_SPK_ID
+
+    def builds_same_session(self, other: KeyExchange) -> bool:
+        if not isinstance(other, EngineKeyExchange) or type(other).__module__ != type(self).__module__:
+            return False
+        if self.is_migrated_instance() or other.is_migrated_instance():
+            return self._ik == other._ik and self.pre_key_id == other.pre_key_id
+        return (
+            self._ik == other._ik
+            and self.ephemeral_key == other.ephemeral_key
+            and self.signed_pre_key_id == other.signed_pre_key_id
+            and self.pre_key_id == other.pre_key_id
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, EngineKeyExchange) and self.builds_same_session(other)
+
+    def __hash__(self) -> int:
+        return hash((self._ik, self.pre_key_id))
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(identity_key={self._ik.hex()}, "
+            f"signed_pre_key_id={self.signed_pre_key_id}, pre_key_id={self.pre_key_id})"
+        )
+
+
+class EngineEncryptedKeyMaterial(EncryptedKeyMaterial):
+    """Key material encrypted for one device: the sealed ratchet message as on the wire."""
+
+    __slots__ = ("_bare_jid", "_device_id", "encrypted_message")
+
+    def __init__(self, bare_jid: str, device_id: int, encrypted_message: bytes) -> None:
+        self._bare_jid = bare_jid
+        self._device_id = device_id
+        self.encrypted_message = encrypted_message
+
+    @property
+    def bare_jid(self) -> str:
+        return self._bare_jid
+
+    @property
+    def device_id(self) -> int:
+        return self._device_id
+
+    def serialize(self) -> bytes:
+        """The wire bytes (OMEMOAuthenticatedMessage / SignalMessage)."""
+        return self.encrypted_message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(bare_jid={self._bare_jid!r}, device_id={self._device_id})"
+
+
+class EngineSession(Session):
+    """A session with one device. Its ratchet state is an immutable engine value that is replaced
+    (in memory) by every encryption and successful decryption; only
+    :meth:`EngineBackend.store_session` persists it."""
+
+    NAMESPACE: ClassVar[str]
+
+    __slots__ = ("_bare_jid", "_confirmed", "_device_id", "_initiation", "_key_exchange", "state")
+
+    def __init__(
+        self,
+        bare_jid: str,
+        device_id: int,
+        initiation: Initiation,
+        key_exchange: EngineKeyExchange,
+        state: RatchetState,
+        confirmed: bool = False,
+    ) -> None:
+        self._bare_jid = bare_jid
+        self._device_id = device_id
+        self._initiation = initiation
+        self._key_exchange = key_exchange
+        self._confirmed = confirmed
+        self.state = state
+
+    @property
+    def namespace(self) -> str:
+        return self.NAMESPACE
+
+    @property
+    def bare_jid(self) -> str:
+        return self._bare_jid
+
+    @property
+    def device_id(self) -> int:
+        return self._device_id
+
+    @property
+    def initiation(self) -> Initiation:
+        return self._initiation
+
+    @property
+    def confirmed(self) -> bool:
+        return self._confirmed
+
+    @property
+    def key_exchange(self) -> EngineKeyExchange:
+        return self._key_exchange
+
+    @property
+    def associated_data(self) -> bytes:
+        """The X3DH associated data of this session."""
+        return self.state.associated_data
+
+    @property
+    def receiving_chain_length(self) -> Optional[int]:
+        return self.state.receiving_chain_length
+
+    @property
+    def sending_chain_length(self) -> int:
+        return self.state.sending_n
+
+    def confirm(self) -> None:
+        """Mark the session as confirmed (a message from the other device was decrypted)."""
+        self._confirmed = True
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(bare_jid={self._bare_jid!r}, device_id={self._device_id}, "
+            f"initiation={self._initiation.name}, confirmed={self._confirmed}, state={self.state!r})"
+        )
+
+
+# -- the device's own key state ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SignedPreKey:
+    """A signed pre key: id, private key, public key, plain Ed25519 signature, creation time."""
+
+    key_id: int
+    priv: bytes = field(repr=False)
+    pub: bytes
+    signature: bytes
+    timestamp: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.key_id,
+            "priv": _b64(self.priv),
+            "pub": _b64(self.pub),
+            "sig": _b64(self.signature),
+            "time": self.timestamp,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> SignedPreKey:
+        return cls(data["id"], _unb64(data["priv"]), _unb64(data["pub"]), _unb64(data["sig"]), data["time"])
+
+
+@dataclass(frozen=True, slots=True)
+class KeyState:
+    """The device's own keys in one namespace. Immutable; changes produce a new record.
+
+    Attributes:
+        signed_pre_key: the current signed pre key.
+        old_signed_pre_key: the previous one, kept one rotation period for late key exchanges.
+        pre_keys: visible one-time pre keys: id -> (private, public).
+        hidden_pre_keys: used but still usable pre keys (history synchronisation): id -> (priv, pub).
+        next_pre_key_id: the next unused pre-key id (ids are never reused).
+    """
+
+    signed_pre_key: SignedPreKey
+    old_signed_pre_key: Optional[SignedPreKey]
+    pre_keys: Mapping[int, tuple[bytes, bytes]] = field(repr=False)
+    hidden_pre_keys: Mapping[int, tuple[bytes, bytes]] = field(repr=False)
+    next_pre_key_id: int
+
+    def to_json(self) -> dict[str, Any]:
+        def keys(mapping: Mapping[int, tuple[bytes, bytes]]) -> dict[str, list[str]]:
+            return {str(k): [_b64(priv), _b64(pub)] for k, (priv, pub) in mapping.items()}
+
+        return {
+            "version": _KEY_STATE_VERSION,
+            "spk": self.signed_pre_key.to_json(),
+            "old_spk": None if self.old_signed_pre_key is None else self.old_signed_pre_key.to_json(),
+            "pre_keys": keys(self.pre_keys),
+            "hidden": keys(self.hidden_pre_keys),
+            "next_pre_key_id": self.next_pre_key_id,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> KeyState:
+        """Load a record written by :meth:`to_json`.
+
+        Raises:
+            InvalidState: the record is corrupt or of an unknown version.
+        """
+        try:
+            if data.get("version") != _KEY_STATE_VERSION:
+                raise InvalidState(f"unknown key state version {data.get('version')!r}")
+
+            def keys(mapping: Any) -> dict[int, tuple[bytes, bytes]]:
+                return {int(k): (_unb64(v[0]), _unb64(v[1])) for k, v in mapping.items()}
+
+            old = data["old_spk"]
+            return cls(
+                SignedPreKey.from_json(data["spk"]),
+                None if old is None else SignedPreKey.from_json(old),
+                keys(data["pre_keys"]),
+                keys(data["hidden"]),
+                int(data["next_pre_key_id"]),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise InvalidState(f"the stored key state is corrupt ({exc.__class__.__name__})") from None
+
+
+# -- session records ----------------------------------------------------------------------------------
+
+
+def _encode_session(session: EngineSession) -> bytes:
+    kex = session.key_exchange
+    flags = (kex.signed_pre_key is not None) | (kex.pre_key is not None) << 1
+    head = _SESSION_HEADER.pack(
+        _SESSION_VERSION,
+        session.initiation is Initiation.PASSIVE,
+        session.confirmed,
+        kex.pre_key_id,
+        kex.signed_pre_key_id,
+        kex.identity_key,
+        kex.ephemeral_key,
+        flags,
+    )
+    return b"".join((head, kex.signed_pre_key or b"", kex.pre_key or b"", session.state.to_bytes()))
+
+
+# -- the backend ------------------------------------------------------------------------------------
+
+
+class EngineBackend(Backend):
+    """A :class:`~omemo.backend.Backend` on the shared engine; subclassed once per namespace.
+
+    Subclasses set the class attributes below and implement the payload cipher
+    (:meth:`encrypt_plaintext`, :meth:`encrypt_empty`, :meth:`decrypt_plaintext`).
+    """
+
+    PROFILE: ClassVar[Profile]
+    BUNDLE: ClassVar[type[EngineBundle]]
+    SESSION: ClassVar[type[EngineSession]]
+    KEY_EXCHANGE: ClassVar[type[EngineKeyExchange]]
+    ENCRYPTED_KEY_MATERIAL: ClassVar[type[EngineEncryptedKeyMaterial]]
+
+    def __init__(
+        self,
+        storage: Storage,
+        max_num_per_session_skipped_keys: int = 1000,
+        max_num_per_message_skipped_keys: Optional[int] = None,
+    ) -> None:
+        super().__init__(max_num_per_session_skipped_keys, max_num_per_message_skipped_keys)
+        self._storage = storage
+        self._prefix = f"/{self.PROFILE.name}/"
+        self._identity: Optional[IdentityKeyPair] = None
+        self._identity_priv = b""
+        self._keys: Optional[KeyState] = None
+        self._index: Optional[dict[str, list[int]]] = None
+        #: Injectable for tests: the RNG and the clock used by this backend.
+        self._random_bytes: Callable[[int], bytes] = os.urandom
+        self._clock: Callable[[], float] = time.time
+
+    @property
+    def namespace(self) -> str:
+        return self.PROFILE.name
+
+    # -- identity and key state -------------------------------------------------------------------
+
+    async def _identity_key_pair(self) -> tuple[bytes, bytes]:
+        """Our identity (private scalar, Ed25519 public key)."""
+        if self._identity is None:
+            identity = await IdentityKeyPair.get(self._storage)
+            self._identity_priv = identity.as_priv().priv
+            self._identity = identity
+        return self._identity_priv, self._identity.identity_key
+
+    def _new_signed_pre_key(self, key_id: int, identity_priv: bytes) -> SignedPreKey:
+        priv = self._random_bytes(32)
+        pub = xeddsa.priv_to_curve25519_pub(priv)
+        signature = xeddsa.sign(
+            identity_priv, self.PROFILE.encode_signed_pre_key(pub), random_bytes=self._random_bytes
+        )
+        return SignedPreKey(key_id, priv, pub, signature, int(self._clock()))
+
+    async def _key_state(self) -> KeyState:
+        if self._keys is None:
+            stored = (await self._storage.load(self._prefix + "keys")).maybe(None)
+            if stored is None:
+                identity_priv, _ = await self._identity_key_pair()
+                self._keys = KeyState(self._new_signed_pre_key(1, identity_priv), None, {}, {}, 1)
+                await self._store_keys(self._keys)
+            else:
+                self._keys = KeyState.from_json(stored)
+        return self._keys
+
+    async def _store_keys(self, keys: KeyState) -> None:
+        await self._storage.store(self._prefix + "keys", keys.to_json())
+        self._keys = keys
+
+    # -- sessions ---------------------------------------------------------------------------------
+
+    def _session_key(self, bare_jid: str, device_id: int) -> str:
+        return f"{self._prefix}session/{bare_jid}/{device_id}"
+
+    def _decode_session(self, bare_jid: str, device_id: int, data: bytes) -> EngineSession:
+        try:
+            version, passive, confirmed, pk_id, spk_id, ik, ek, flags = _SESSION_HEADER.unpack_from(data)
+            if version != _SESSION_VERSION:
+                raise InvalidState(f"unknown session record version {version}")
+            pos = _SESSION_HEADER.size
+            spk = pk = None
+            if flags & 1:
+                spk, pos = data[pos : pos + 32], pos + 32
+            if flags & 2:
+                pk, pos = data[pos : pos + 32], pos + 32
+            state = RatchetState.from_bytes(data[pos:])
+        except struct.error:
+            raise InvalidState("session record is truncated") from None
+        kex = self.KEY_EXCHANGE(ik, ek, spk_id, pk_id, spk, pk)
+        initiation = Initiation.PASSIVE if passive else Initiation.ACTIVE
+        return self.SESSION(bare_jid, device_id, initiation, kex, state, bool(confirmed))
+
+    async def load_session(self, bare_jid: str, device_id: int) -> Optional[EngineSession]:
+        data = (await self._storage.load_bytes(self._session_key(bare_jid, device_id))).maybe(None)
+        if data is None:
+            return None
+        return self._decode_session(bare_jid, device_id, data)
+
+    async def _session_index(self) -> dict[str, list[int]]:
+        if self._index is None:
+            jids = (await self._storage.load_list(self._prefix + "session-jids", str)).maybe([])
+            self._index = {}
+            for jid in jids:
+                devices = await self._storage.load_list(f"{self._prefix}session-devices/{jid}", int)
+                self._index[jid] = devices.maybe([])
+        return self._index
+
+    async def store_session(self, session: Session) -> None:
+        assert isinstance(session, self.SESSION)
+        await self._storage.store_bytes(
+            self._session_key(session.bare_jid, session.device_id), _encode_session(session)
+        )
+        index = await self._session_index()
+        devices = index.get(session.bare_jid)
+        if devices is None or session.device_id not in devices:
+            if devices is None:
+                devices = index[session.bare_jid] = []
+                await self._storage.store(self._prefix + "session-jids", list(index))
+            devices.append(session.device_id)
+            await self._storage.store(f"{self._prefix}session-devices/{session.bare_jid}", list(devices))
+
+    # -- session building -------------------------------------------------------------------------
+
+    @abstractmethod
+    def _key_material_bytes(self, plain_key_material: PlainKeyMaterial) -> bytes:
+        """The bytes that travel through the ratchet for this key material."""
+
+    @abstractmethod
+    def _make_key_material(self, data: bytes) -> PlainKeyMaterial:
+        """Inverse of :meth:`_key_material_bytes`.
+
+        Raises:
+            EngineError: the decrypted bytes are not key material of this namespace.
+        """
+
+    async def build_session_active(
+        self, bare_jid: str, device_id: int, bundle: Bundle, plain_key_material: PlainKeyMaterial
+    ) -> Tuple[EngineSession, EngineEncryptedKeyMaterial]:
+        assert isinstance(bundle, self.BUNDLE)
+        identity_priv, identity_key = await self._identity_key_pair()
+        try:
+            result = x3dh.active(
+                self.PROFILE,
+                identity_priv,
+                identity_key,
+                bundle.engine_bundle,
+                random_bytes=self._random_bytes,
+            )
+            state = ratchet.initialize_active(
+                self.PROFILE,
+                result.shared_secret,
+                result.associated_data,
+                result.signed_pre_key,
+                self._random_bytes,
+            )
+        except KeyExchangeError as exc:
+            raise KeyExchangeFailed(
+                f"key exchange with device {device_id} of {bare_jid} ({self.namespace}) failed: {exc}"
+            ) from None
+        kex = self.KEY_EXCHANGE(
+            identity_key,
+            result.ephemeral_key,
+            result.signed_pre_key_id,
+            result.pre_key_id,
+            result.signed_pre_key,
+            result.pre_key,
+        )
+        session = self.SESSION(bare_jid, device_id, Initiation.ACTIVE, kex, state)
+        return session, await self.encrypt_key_material(session, plain_key_material)
+
+    async def build_session_passive(
+        self,
+        bare_jid: str,
+        device_id: int,
+        key_exchange: KeyExchange,
+        encrypted_key_material: EncryptedKeyMaterial,
+    ) -> Tuple[EngineSession, PlainKeyMaterial]:
+        assert isinstance(key_exchange, self.KEY_EXCHANGE)
+        assert isinstance(encrypted_key_material, self.ENCRYPTED_KEY_MATERIAL)
+        where = f"device {device_id} of {bare_jid} ({self.namespace})"
+        keys = await self._key_state()
+        spk = next(
+            (
+                k
+                for k in (keys.signed_pre_key, keys.old_signed_pre_key)
+                if k is not None and k.key_id == key_exchange.signed_pre_key_id
+            ),
+            None,
+        )
+        if spk is None:
+            raise KeyExchangeFailed(
+                f"key exchange from {where} uses signed pre key {key_exchange.signed_pre_key_id}, "
+                "which is not known (it may have been rotated out)"
+            )
+        pre_key = keys.pre_keys.get(key_exchange.pre_key_id) or keys.hidden_pre_keys.get(
+            key_exchange.pre_key_id
+        )
+        if pre_key is None:
+            raise KeyExchangeFailed(
+                f"key exchange from {where} uses pre key {key_exchange.pre_key_id}, which is not known "
+                "(already used and deleted, or never ours)"
+            )
+        identity_priv, identity_key = await self._identity_key_pair()
+        try:
+            shared_secret, ad = x3dh.passive(
+                self.PROFILE,
+                identity_priv=identity_priv,
+                identity_key=identity_key,
+                signed_pre_key_priv=spk.priv,
+                pre_key_priv=pre_key[0],
+                other_identity_key=key_exchange.identity_key,
+                ephemeral_key=key_exchange.ephemeral_key,
+            )
+        except KeyExchangeError as exc:
+            raise KeyExchangeFailed(f"key exchange from {where} failed: {exc}") from None
+        state = ratchet.initialize_passive(self.PROFILE, shared_secret, ad, spk.priv, spk.pub)
+        kex = self.KEY_EXCHANGE(
+            key_exchange.identity_key,
+            key_exchange.ephemeral_key,
+            spk.key_id,
+            key_exchange.pre_key_id,
+            spk.pub,
+            pre_key[1],
+        )
+        session = self.SESSION(bare_jid, device_id, Initiation.PASSIVE, kex, state)
+        return session, await self.decrypt_key_material(session, encrypted_key_material)
+
+    # -- key material -------------------------------------------------------------------------------
+
+    async def encrypt_key_material(
+        self, session: Session, plain_key_material: PlainKeyMaterial
+    ) -> EngineEncryptedKeyMaterial:
+        assert isinstance(session, self.SESSION)
+        session.state, data = ratchet.encrypt(
+            self.PROFILE, session.state, self._key_material_bytes(plain_key_material)
+        )
+        return self.ENCRYPTED_KEY_MATERIAL(session.bare_jid, session.device_id, data)
+
+    async def decrypt_key_material(
+        self, session: Session, encrypted_key_material: EncryptedKeyMaterial
+    ) -> PlainKeyMaterial:
+        assert isinstance(session, self.SESSION)
+        assert isinstance(encrypted_key_material, self.ENCRYPTED_KEY_MATERIAL)
+        try:
+            state, data = ratchet.decrypt(
+                self.PROFILE,
+                session.state,
+                encrypted_key_material.encrypted_message,
+                max_skipped_per_message=self.max_num_per_message_skipped_keys,
+                max_skipped_per_session=self.max_num_per_session_skipped_keys,
+                random_bytes=self._random_bytes,
+            )
+            plain = self._make_key_material(data)
+        except TooManySkippedKeys as exc:
+            raise TooManySkippedMessageKeys(
+                f"message from device {session.device_id} of {session.bare_jid} ({self.namespace}): {exc}"
+            ) from None
+        except EngineError as exc:
+            raise DecryptionFailed(
+                f"cannot decrypt the key material from device {session.device_id} of {session.bare_jid} "
+                f"({self.namespace}): {exc}"
+            ) from None
+        session.state = state
+        session.confirm()
+        return plain
+
+    # -- payload (per namespace) ---------------------------------------------------------------------
+
+    @abstractmethod
+    async def encrypt_plaintext(self, plaintext: bytes) -> Tuple[Content, PlainKeyMaterial]: ...
+
+    @abstractmethod
+    async def encrypt_empty(self) -> Tuple[Content, PlainKeyMaterial]: ...
+
+    @abstractmethod
+    async def decrypt_plaintext(self, content: Content, plain_key_material: PlainKeyMaterial) -> bytes: ...
+
+    # -- signed pre key and pre keys ------------------------------------------------------------------
+
+    async def signed_pre_key_age(self) -> int:
+        keys = await self._key_state()
+        return max(0, int(self._clock()) - keys.signed_pre_key.timestamp)
+
+    async def rotate_signed_pre_key(self) -> None:
+        keys = await self._key_state()
+        identity_priv, _ = await self._identity_key_pair()
+        new_id = keys.signed_pre_key.key_id % MAX_ID + 1
+        await self._store_keys(
+            KeyState(
+                self._new_signed_pre_key(new_id, identity_priv),
+                keys.signed_pre_key,
+                keys.pre_keys,
+                keys.hidden_pre_keys,
+                keys.next_pre_key_id,
+            )
+        )
+
+    def _session_pre_key_id(self, session: Session) -> Optional[int]:
+        assert isinstance(session, self.SESSION)
+        if session.initiation is not Initiation.PASSIVE:
+            return None
+        return session.key_exchange.pre_key_id
+
+    async def hide_pre_key(self, session: Session) -> bool:
+        pre_key_id = self._session_pre_key_id(session)
+        keys = await self._key_state()
+        if pre_key_id is None or pre_key_id not in keys.pre_keys:
+            return False
+        visible = dict(keys.pre_keys)
+        hidden = dict(keys.hidden_pre_keys)
+        hidden[pre_key_id] = visible.pop(pre_key_id)
+        await self._store_keys(
+            KeyState(keys.signed_pre_key, keys.old_signed_pre_key, visible, hidden, keys.next_pre_key_id)
+        )
+        return True
+
+    async def delete_pre_key(self, session: Session) -> bool:
+        pre_key_id = self._session_pre_key_id(session)
+        keys = await self._key_state()
+        if pre_key_id is None or (pre_key_id not in keys.pre_keys and pre_key_id not in keys.hidden_pre_keys):
+            return False
+        visible = {k: v for k, v in keys.pre_keys.items() if k != pre_key_id}
+        hidden = {k: v for k, v in keys.hidden_pre_keys.items() if k != pre_key_id}
+        await self._store_keys(
+            KeyState(keys.signed_pre_key, keys.old_signed_pre_key, visible, hidden, keys.next_pre_key_id)
+        )
+        return True
+
+    async def delete_hidden_pre_keys(self) -> None:
+        keys = await self._key_state()
+        if keys.hidden_pre_keys:
+            await self._store_keys(
+                KeyState(
+                    keys.signed_pre_key, keys.old_signed_pre_key, keys.pre_keys, {}, keys.next_pre_key_id
+                )
+            )
+
+    async def get_num_visible_pre_keys(self) -> int:
+        return len((await self._key_state()).pre_keys)
+
+    async def generate_pre_keys(self, num_pre_keys: int) -> None:
+        if num_pre_keys < 0:
+            raise ValueError(f"num_pre_keys must not be negative, got {num_pre_keys}")
+        keys = await self._key_state()
+        if keys.next_pre_key_id + num_pre_keys - 1 > MAX_ID:
+            raise ValueError("pre key ids are exhausted (ids are never reused)")
+        visible = dict(keys.pre_keys)
+        for key_id in range(keys.next_pre_key_id, keys.next_pre_key_id + num_pre_keys):
+            priv = self._random_bytes(32)
+            visible[key_id] = (priv, xeddsa.priv_to_curve25519_pub(priv))
+        await self._store_keys(
+            KeyState(
+                keys.signed_pre_key,
+                keys.old_signed_pre_key,
+                visible,
+                keys.hidden_pre_keys,
+                keys.next_pre_key_id + num_pre_keys,
+            )
+        )
+
+    async def get_bundle(self, bare_jid: str, device_id: int) -> EngineBundle:
+        keys = await self._key_state()
+        _, identity_key = await self._identity_key_pair()
+        spk = keys.signed_pre_key
+        return self.BUNDLE(
+            bare_jid,
+            device_id,
+            identity_key,
+            spk.key_id,
+            spk.pub,
+            spk.signature,
+            {key_id: pub for key_id, (_, pub) in keys.pre_keys.items()},
+        )
+
+    # -- labels (XEP-0384 0.9: signed device labels) -----------------------------------------------------
+
+    @property
+    def supports_labels(self) -> bool:
+        return False
+
+    # -- data management --------------------------------------------------------------------------------
+
+    async def purge(self) -> None:
+        index = await self._session_index()
+        for bare_jid in list(index):
+            await self._purge_sessions(index, bare_jid)
+        await self._storage.delete(self._prefix + "session-jids")
+        await self._storage.delete(self._prefix + "keys")
+        self._keys = None
+        self._index = None
+
+    async def purge_bare_jid(self, bare_jid: str) -> None:
+        index = await self._session_index()
+        if bare_jid in index:
+            await self._purge_sessions(index, bare_jid)
+            await self._storage.store(self._prefix + "session-jids", list(index))
+
+    async def _purge_sessions(self, index: dict[str, list[int]], bare_jid: str) -> None:
+        for device_id in index.pop(bare_jid):
+            await self._storage.delete(self._session_key(bare_jid, device_id))
+        await self._storage.delete(f"{self._prefix}session-devices/{bare_jid}")
