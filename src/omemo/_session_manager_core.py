@@ -1,0 +1,481 @@
+"""The shared state and the building blocks of the session manager's operations.
+
+Theory of operation. :class:`Core` holds everything a :class:`~omemo.session_manager.SessionManager`
+instance knows (storage, loaded backends, own identity, locks, history-sync mode) and implements the
+steps that several public operations share: device-list bookkeeping, device information, bundle
+publication, pre key consumption and empty ("heartbeat"/"completion") messages. The public class stays a
+thin layer of documented methods over it; the encryption and decryption flows live in their own
+modules.
+
+Concurrency rules. Four kinds of locks, always taken in this order (never the reverse), make any mix of
+concurrent calls safe:
+
+1. session locks, one per ``(namespace, bare_jid, device_id)``, held from loading a session until the
+   updated session is stored (several are taken in one sorted sweep by ``encrypt``);
+2. JID locks, one per bare JID, around read-modify-write cycles of device records and device lists;
+3. backend locks, one per namespace, around calls that change a backend's own key material or its
+   session index (``store_session``, pre keys, signed pre key, bundle publication);
+4. the queue lock, around the history-sync queue.
+
+No lock is held while waiting for a user hook that may call back into the session manager, except
+that the network hooks (``_upload_*``, ``_download_*``, ``_send_message``) may run under locks of the
+levels above: they must not call the session manager themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Dict, FrozenSet, List, Optional, Tuple
+
+from ._session_manager_devices import (
+    DeviceRecord,
+    DeviceStore,
+    HistorySyncQueue,
+    PendingLabel,
+    normalize_device_list,
+)
+from ._session_manager_errors import (
+    BundleDownloadFailed,
+    BundleNotFound,
+    BundleUploadFailed,
+    MessageSendingFailed,
+    PublicDataInconsistency,
+    UnknownNamespace,
+    UnknownTrustLevel,
+    XMPPInteractionFailed,
+)
+from ._session_manager_runtime import KeyedLocks, Lock, Runtime
+from .backend import Backend
+from .bundle import Bundle
+from .message import Message
+from .session import Initiation, Session
+from .storage import Storage
+from .types import DeviceInformation, DeviceList, SignedLabel, TrustLevel
+
+if TYPE_CHECKING:
+    from .session_manager import SessionManager
+
+__all__ = ["Core", "describe"]
+
+_log = logging.getLogger("omemo.core")
+
+#: Pre keys are refilled to this many (XEP-0384: a bundle SHOULD contain about 100 pre keys).
+PRE_KEY_TARGET = 100
+
+
+def describe(namespace: str, bare_jid: str, device_id: int) -> str:
+    """Returns: the standard way exception messages name a device."""
+    return f"device {device_id} of {bare_jid} ({namespace})"
+
+
+def supports_labels(backend: Backend) -> bool:
+    """Whether a backend signs labels (2.x); ``False`` for 1.0.2-era backends without the property."""
+    return bool(getattr(backend, "supports_labels", False))
+
+
+class Core:
+    """The state and the shared steps of one session manager instance."""
+
+    def __init__(
+        self,
+        manager: SessionManager,
+        storage: Storage,
+        backends: List[Backend],
+        own_bare_jid: str,
+        identity_key: bytes,
+        undecided_trust_level_name: str,
+        signed_pre_key_rotation_period: int,
+        pre_key_refill_threshold: int,
+        runtime: Runtime,
+    ) -> None:
+        """Args: the values of :meth:`SessionManager.create`; ``backends`` is shared, not copied."""
+        self.manager = manager
+        self.storage = storage
+        self.backends = backends
+        self.own_bare_jid = own_bare_jid
+        self.own_device_id = 0  # set by create() once known
+        self.identity_key = identity_key
+        self.undecided = undecided_trust_level_name
+        self.rotation_period = signed_pre_key_rotation_period
+        self.refill_threshold = pre_key_refill_threshold
+        self.runtime = runtime
+        self.devices = DeviceStore(storage)
+        self.queue = HistorySyncQueue(storage)
+        self.session_locks: KeyedLocks[Tuple[str, str, int]] = KeyedLocks(runtime)
+        self.jid_locks: KeyedLocks[str] = KeyedLocks(runtime)
+        self.backend_locks: KeyedLocks[str] = KeyedLocks(runtime)
+        self.queue_lock: Lock = runtime.new_lock()
+        self.history_sync = True
+        self.dirty_bundles: set[str] = set()
+
+    # -- backends -----------------------------------------------------------------------------------
+
+    def backend(self, namespace: str) -> Backend:
+        """Returns: the loaded backend of ``namespace``.
+
+        Raises:
+            UnknownNamespace: no backend of that namespace is loaded.
+        """
+        for backend in self.backends:
+            if backend.namespace == namespace:
+                return backend
+        raise UnknownNamespace(f"no backend for namespace {namespace!r} is loaded")
+
+    def namespaces(self) -> List[str]:
+        """Returns: the namespaces of the loaded backends, in load (= default priority) order."""
+        return [backend.namespace for backend in self.backends]
+
+    # -- own bundle ---------------------------------------------------------------------------------
+
+    async def upload_bundle(self, backend: Backend) -> None:
+        """Publish the current bundle of a backend (serialised with every other change to it).
+
+        Raises:
+            BundleUploadFailed: forwarded from ``_upload_bundle``; the bundle stays marked dirty.
+        """
+        namespace = backend.namespace
+        async with self.backend_locks.hold(namespace):
+            bundle = await backend.get_bundle(self.own_bare_jid, self.own_device_id)
+            self.dirty_bundles.add(namespace)
+            await self.manager._upload_bundle(bundle)
+            self.dirty_bundles.discard(namespace)
+
+    async def refill_pre_keys(self, backend: Backend) -> bool:
+        """Refill the pre keys to 100 if no more than the threshold are visible (backend lock held).
+
+        Returns:
+            Whether pre keys were generated.
+        """
+        visible = await backend.get_num_visible_pre_keys()
+        if visible > self.refill_threshold:
+            return False
+        await backend.generate_pre_keys(PRE_KEY_TARGET - visible)
+        return True
+
+    async def flush_dirty_bundles(self) -> None:
+        """Retry publishing bundles whose last upload failed (best effort; failures are logged)."""
+        for namespace in sorted(self.dirty_bundles):
+            try:
+                await self.upload_bundle(self.backend(namespace))
+            except (BundleUploadFailed, UnknownNamespace) as exc:
+                _log.warning("bundle upload for %s still failing: %s", namespace, type(exc).__name__)
+
+    async def consume_pre_key(self, backend: Backend, session: Session) -> None:
+        """Hide (history sync) or delete the pre key a passive session used; refill and republish.
+
+        Upload failures are logged and retried later (the message has already been decrypted).
+        """
+        namespace = backend.namespace
+        async with self.backend_locks.hold(namespace):
+            if self.history_sync:
+                changed = await backend.hide_pre_key(session)
+            else:
+                changed = await backend.delete_pre_key(session)
+            if not changed:
+                return
+            await self.refill_pre_keys(backend)
+            self.dirty_bundles.add(namespace)
+        try:
+            await self.upload_bundle(backend)
+        except BundleUploadFailed:
+            _log.warning("could not publish the %s bundle after a pre key was used; will retry", namespace)
+
+    # -- labels -------------------------------------------------------------------------------------
+
+    async def own_label_entry(self, backend: Backend, label: Optional[str]) -> Optional[SignedLabel]:
+        """The own device-list entry for a backend: signed where the backend supports labels.
+
+        Backends without label support (legacy namespace, 1.0.2-era backends) get the label unsigned
+        (``SignedLabel(label, b"")``); their serialisers either drop it or publish it as 1.0.2 did. The
+        reference calls ``sign_own_label`` unconditionally (PROTOCOL.md 6.3); we do not.
+        """
+        if label is None:
+            return None
+        if supports_labels(backend):
+            return SignedLabel(label, await backend.sign_own_label(label))
+        return SignedLabel(label, b"")
+
+    async def _check_label(
+        self, backend: Backend, bare_jid: str, device_id: int, signed: SignedLabel, identity_key: bytes
+    ) -> Optional[str]:
+        """Returns: the label if its signature verifies (XEP-0384 0.9: else it MUST be ignored)."""
+        if not signed.signature:
+            return None
+        valid = await backend.verify_label_signature(signed.label, signed.signature, identity_key)
+        if not valid:
+            _log.debug(
+                "ignoring an invalid label signature of %s", describe(backend.namespace, bare_jid, device_id)
+            )
+            return None
+        return signed.label
+
+    async def _promote_pending_label(self, bare_jid: str, device_id: int, identity_key: bytes) -> None:
+        """Verify a label that arrived before the identity key was known (JID lock held)."""
+        pending = await self.devices.pending_label(bare_jid, device_id)
+        if pending is None:
+            return
+        await self.devices.store_pending_label(bare_jid, device_id, None)
+        try:
+            backend = self.backend(pending.namespace)
+        except UnknownNamespace:
+            return
+        label = await self._check_label(backend, bare_jid, device_id, pending.label, identity_key)
+        if label is not None:
+            await self.devices.store_label(bare_jid, device_id, label)
+
+    # -- device lists -------------------------------------------------------------------------------
+
+    async def update_device_list(self, namespace: str, bare_jid: str, raw: DeviceList) -> None:
+        """See :meth:`SessionManager.update_device_list` (this is its implementation)."""
+        backend = self.backend(namespace)
+        device_list = normalize_device_list(namespace, bare_jid, raw)
+        async with self.jid_locks.hold(bare_jid):
+            own_jid = bare_jid == self.own_bare_jid
+            if own_jid and self.own_device_id not in device_list:
+                own = await self.devices.load(bare_jid, self.own_device_id)
+                device_list[self.own_device_id] = await self.own_label_entry(backend, own.label)
+                _log.info("own device missing from the %s device list; republishing it", namespace)
+                await self.manager._upload_device_list(namespace, dict(device_list))
+            known = await self.devices.device_ids(bare_jid)
+            known_set = set(known)
+            new_ids = [dev for dev in device_list if dev not in known_set]
+            for device_id in known:
+                record = await self.devices.load(bare_jid, device_id)
+                if device_id in device_list:
+                    if namespace not in record.namespaces or not record.active.get(namespace, False):
+                        await self.devices.store_namespaces(
+                            bare_jid, device_id, {**record.active, namespace: True}
+                        )
+                    if not (own_jid and device_id == self.own_device_id):
+                        await self._apply_label(backend, bare_jid, device_id, device_list[device_id], record)
+                elif record.active.get(namespace, False):
+                    await self.devices.store_namespaces(
+                        bare_jid, device_id, {**record.active, namespace: False}
+                    )
+            for device_id in new_ids:
+                await self.devices.store_namespaces(bare_jid, device_id, {namespace: True})
+                empty = DeviceRecord((namespace,), {namespace: True}, None, None)
+                await self._apply_label(backend, bare_jid, device_id, device_list[device_id], empty)
+            if new_ids:
+                await self.devices.store_device_ids(bare_jid, known + new_ids)
+
+    async def _apply_label(
+        self,
+        backend: Backend,
+        bare_jid: str,
+        device_id: int,
+        signed: Optional[SignedLabel],
+        record: DeviceRecord,
+    ) -> None:
+        """Store a label from a device list if it is acceptable (JID lock held).
+
+        ``None`` leaves the stored label alone (1.0.2: "no label information"). Backends without label
+        support accept the label unverified, as python-omemo 1.0.2 did; otherwise the signature must
+        verify against the device's identity key, and a label arriving before that key is known waits
+        in ``unverified_label``.
+        """
+        if signed is None or signed.label == record.label:
+            return
+        if not supports_labels(backend):
+            await self.devices.store_label(bare_jid, device_id, signed.label)
+            return
+        if record.identity_key is None:
+            if signed.signature:
+                pending = PendingLabel(backend.namespace, signed)
+                await self.devices.store_pending_label(bare_jid, device_id, pending)
+            return
+        label = await self._check_label(backend, bare_jid, device_id, signed, record.identity_key)
+        if label is not None:
+            await self.devices.store_label(bare_jid, device_id, label)
+
+    async def refresh_device_list(self, namespace: str, bare_jid: str) -> None:
+        """Download a device list and feed it to :meth:`update_device_list`."""
+        self.backend(namespace)
+        device_list = await self.manager._download_device_list(namespace, bare_jid)
+        await self.update_device_list(namespace, bare_jid, device_list)
+
+    async def publish_own_device_list(self, backend: Backend, label: Optional[str]) -> None:
+        """Download the own device list, set the own entry (with ``label``) and upload it."""
+        namespace = backend.namespace
+        raw = await self.manager._download_device_list(namespace, self.own_bare_jid)
+        device_list = normalize_device_list(namespace, self.own_bare_jid, raw)
+        device_list[self.own_device_id] = await self.own_label_entry(backend, label)
+        await self.manager._upload_device_list(namespace, device_list)
+        await self.update_device_list(namespace, self.own_bare_jid, device_list)
+
+    # -- device information -------------------------------------------------------------------------
+
+    async def download_bundle(self, namespace: str, bare_jid: str, device_id: int) -> Bundle:
+        """Download a bundle and check that it belongs to the device it was asked for.
+
+        Raises:
+            BundleDownloadFailed, BundleNotFound: forwarded from ``_download_bundle``.
+            PublicDataInconsistency: the bundle names another namespace/JID/device or its identity key
+                is not 32 bytes.
+        """
+        bundle = await self.manager._download_bundle(namespace, bare_jid, device_id)
+        if (bundle.namespace, bundle.bare_jid, bundle.device_id) != (namespace, bare_jid, device_id) or len(
+            bundle.identity_key
+        ) != 32:
+            raise PublicDataInconsistency(
+                f"the bundle downloaded for {describe(namespace, bare_jid, device_id)} is not that device's"
+                " bundle or carries a malformed identity key"
+            )
+        return bundle
+
+    async def fetch_identity_key(
+        self, bare_jid: str, device_id: int, namespaces: Tuple[str, ...], prefer: Optional[str] = None
+    ) -> Optional[Tuple[bytes, Bundle]]:
+        """Learn a device's identity key from the first of its bundles that can be downloaded.
+
+        Returns:
+            The stored identity key and the bundle, or ``None`` if no bundle could be downloaded.
+        """
+        ordered = [ns for ns in self.namespaces() if ns in namespaces]
+        if prefer in ordered:
+            ordered.remove(prefer)
+            ordered.insert(0, prefer)
+        for namespace in ordered:
+            try:
+                bundle = await self.download_bundle(namespace, bare_jid, device_id)
+            except (XMPPInteractionFailed, UnknownNamespace, PublicDataInconsistency) as exc:
+                _log.debug("no usable bundle for %s: %s", describe(namespace, bare_jid, device_id), exc)
+                continue
+            async with self.jid_locks.hold(bare_jid):
+                stored = (await self.devices.load(bare_jid, device_id)).identity_key
+                if stored is None:
+                    await self.devices.store_identity_key(bare_jid, device_id, bundle.identity_key)
+                    await self._promote_pending_label(bare_jid, device_id, bundle.identity_key)
+                    stored = bundle.identity_key
+            return stored, bundle
+        return None
+
+    async def make_information(
+        self, bare_jid: str, device_id: int, record: DeviceRecord
+    ) -> DeviceInformation:
+        """Assemble the public device information of a device whose identity key is known."""
+        assert record.identity_key is not None
+        trust = await self.devices.trust(bare_jid, record.identity_key, self.undecided)
+        return DeviceInformation(
+            namespaces=frozenset(record.namespaces),
+            active=frozenset((ns, record.active.get(ns, False)) for ns in record.namespaces),
+            bare_jid=bare_jid,
+            device_id=device_id,
+            identity_key=record.identity_key,
+            trust_level_name=trust,
+            label=record.label,
+        )
+
+    async def device_information(
+        self, bare_jid: str
+    ) -> Tuple[FrozenSet[DeviceInformation], Dict[Tuple[str, int], Bundle]]:
+        """See :meth:`SessionManager.get_device_information`.
+
+        Returns:
+            The device information, and the bundles downloaded on the way (keyed by namespace and
+            device id) so that ``encrypt`` does not download them twice.
+        """
+        async with self.jid_locks.hold(bare_jid):
+            ids = await self.devices.device_ids(bare_jid)
+            records = {dev: await self.devices.load(bare_jid, dev) for dev in ids}
+        missing = [dev for dev, record in records.items() if record.identity_key is None]
+        bundles: Dict[Tuple[str, int], Bundle] = {}
+        if missing:
+            fetched = await self.runtime.gather(
+                [self.fetch_identity_key(bare_jid, dev, records[dev].namespaces) for dev in missing]
+            )
+            async with self.jid_locks.hold(bare_jid):
+                for dev, result in zip(missing, fetched, strict=True):
+                    if result is not None:
+                        bundles[(result[1].namespace, dev)] = result[1]
+                        records[dev] = await self.devices.load(bare_jid, dev)
+        infos = [
+            await self.make_information(bare_jid, dev, record)
+            for dev, record in records.items()
+            if record.identity_key is not None
+        ]
+        return frozenset(infos), bundles
+
+    async def evaluate(self, device: DeviceInformation) -> TrustLevel:
+        """Evaluate the custom trust level of a device through ``_evaluate_custom_trust_level``.
+
+        Raises:
+            UnknownTrustLevel: forwarded; also raised if the hook returns something else than a
+                ``TrustLevel``.
+        """
+        level = await self.manager._evaluate_custom_trust_level(device)
+        if not isinstance(level, TrustLevel):
+            raise UnknownTrustLevel(
+                f"_evaluate_custom_trust_level returned {type(level).__name__} instead of a TrustLevel for"
+                f" trust level {device.trust_level_name!r} of device {device.device_id} of {device.bare_jid}"
+            )
+        return level
+
+    # -- sessions -----------------------------------------------------------------------------------
+
+    async def store_session(self, backend: Backend, session: Session) -> None:
+        """Persist a session (session lock held by the caller)."""
+        async with self.backend_locks.hold(backend.namespace):
+            await backend.store_session(session)
+
+    async def send_empty_message(self, backend: Backend, session: Session) -> None:
+        """Encrypt, store and send an empty message over a session (its session lock held).
+
+        The session is stored before sending: if sending fails, the peer just sees a skipped message
+        key, whereas the reverse order could make us reuse a message key.
+
+        Raises:
+            MessageSendingFailed: forwarded from ``_send_message`` (``UnknownNamespace`` is wrapped).
+        """
+        content, plain_key_material = await backend.encrypt_empty()
+        encrypted = await backend.encrypt_key_material(session, plain_key_material)
+        key_exchange = (
+            session.key_exchange
+            if session.initiation is Initiation.ACTIVE and not session.confirmed
+            else None
+        )
+        message = Message(
+            backend.namespace,
+            self.own_bare_jid,
+            self.own_device_id,
+            content,
+            frozenset({(encrypted, key_exchange)}),
+        )
+        await self.store_session(backend, session)
+        try:
+            await self.manager._send_message(message, session.bare_jid)
+        except UnknownNamespace as exc:
+            who = describe(backend.namespace, session.bare_jid, session.device_id)
+            raise MessageSendingFailed(f"could not send an empty message to {who}: {exc}") from exc
+
+    async def owe_empty_message(self, backend: Backend, session: Session) -> None:
+        """Send an empty message now, or queue it while history synchronisation is on.
+
+        A failed send is queued as well (and logged), so the message is not lost: it goes out with the
+        queue at the next :meth:`SessionManager.after_history_sync`.
+        """
+        namespace = backend.namespace
+        if not self.history_sync:
+            try:
+                await self.send_empty_message(backend, session)
+                return
+            except MessageSendingFailed as exc:
+                _log.warning("automatic empty message could not be sent (%s); queued", type(exc).__name__)
+        await self.queue_lock.acquire()
+        try:
+            await self.queue.add(namespace, session.bare_jid, session.device_id)
+        finally:
+            self.queue_lock.release()
+
+    async def check_identity_key(self, bundle: Bundle, device: DeviceInformation) -> None:
+        """Raises: PublicDataInconsistency if a bundle's identity key differs from the known one."""
+        if bundle.identity_key != device.identity_key:
+            who = describe(bundle.namespace, device.bare_jid, device.device_id)
+            raise PublicDataInconsistency(
+                f"the bundle of {who} carries another identity key than the one known (and trusted or"
+                " distrusted) for that device"
+            )
+
+
+# Re-exported for the flows, so that they need not import the download errors separately.
+BUNDLE_ERRORS = (BundleDownloadFailed, BundleNotFound, PublicDataInconsistency)

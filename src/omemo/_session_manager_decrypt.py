@@ -1,0 +1,132 @@
+"""The decryption flow of :meth:`omemo.session_manager.SessionManager.decrypt` (PROTOCOL.md 5.6).
+
+Decryption is transactional: the session is decrypted (or passively built) in memory, the payload is
+decrypted, and only when the key material authenticated, the payload decrypted and the sender passed
+the trust check is anything persisted: the session first, then the pre key consumption (hide during
+history synchronisation, delete otherwise) with refill and bundle publication, then the automatic empty
+message (sent now, or queued during history synchronisation). A failure before the store leaves the
+storage exactly as it was, so the same message can be retried.
+
+Everything after the store is best effort: the plaintext is returned even when the bundle upload or
+the empty message fails (both are logged and retried later), since raising at that point would lose a
+message whose session state has already advanced.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional, Tuple
+
+from ._session_manager_core import Core, describe
+from ._session_manager_errors import (
+    DeviceListDownloadFailed,
+    MessageNotForUs,
+    NoSession,
+    PublicDataInconsistency,
+    SenderDistrusted,
+    SenderNotFound,
+    UnknownNamespace,
+)
+from .message import EncryptedKeyMaterial, KeyExchange, Message, PlainKeyMaterial
+from .session import Initiation, Session
+from .types import DeviceInformation, TrustLevel
+
+__all__ = ["decrypt"]
+
+_log = logging.getLogger("omemo.core")
+
+
+def _own_key(core: Core, message: Message) -> Tuple[EncryptedKeyMaterial, Optional[KeyExchange]]:
+    for encrypted, key_exchange in message.keys:
+        if encrypted.bare_jid == core.own_bare_jid and encrypted.device_id == core.own_device_id:
+            return encrypted, key_exchange
+    raise MessageNotForUs(
+        f"the {message.namespace} message from device {message.device_id} of {message.bare_jid} carries no"
+        f" key for this device ({core.own_device_id} of {core.own_bare_jid})"
+    )
+
+
+async def sender_information(core: Core, namespace: str, bare_jid: str, device_id: int) -> DeviceInformation:
+    """The device information of a message's sender, refreshing its device list once if needed.
+
+    Raises:
+        SenderNotFound: the device is not listed even after a refresh, or its identity key is unknown and
+            none of its bundles can be downloaded.
+    """
+    who = describe(namespace, bare_jid, device_id)
+    if device_id not in await core.devices.device_ids(bare_jid):
+        try:
+            await core.refresh_device_list(namespace, bare_jid)
+        except (DeviceListDownloadFailed, UnknownNamespace) as exc:
+            raise SenderNotFound(
+                f"{who} is unknown and its device list could not be downloaded: {exc}"
+            ) from exc
+        if device_id not in await core.devices.device_ids(bare_jid):
+            raise SenderNotFound(f"{who} is not listed in its account's device list")
+    record = await core.devices.load(bare_jid, device_id)
+    if record.identity_key is None:
+        namespaces = record.namespaces if namespace in record.namespaces else (namespace, *record.namespaces)
+        if await core.fetch_identity_key(bare_jid, device_id, namespaces, prefer=namespace) is None:
+            raise SenderNotFound(
+                f"the identity key of {who} is unknown and its bundle could not be downloaded"
+            )
+        record = await core.devices.load(bare_jid, device_id)
+    return await core.make_information(bare_jid, device_id, record)
+
+
+async def decrypt(
+    core: Core, message: Message
+) -> Tuple[Optional[bytes], DeviceInformation, PlainKeyMaterial]:
+    """See :meth:`omemo.session_manager.SessionManager.decrypt`."""
+    namespace, bare_jid, device_id = message.namespace, message.bare_jid, message.device_id
+    backend = core.backend(namespace)
+    encrypted, key_exchange = _own_key(core, message)
+    who = describe(namespace, bare_jid, device_id)
+    await core.flush_dirty_bundles()
+
+    async with core.session_locks.hold((namespace, bare_jid, device_id)):
+        device = await sender_information(core, namespace, bare_jid, device_id)
+        if await core.evaluate(device) is TrustLevel.DISTRUSTED:
+            raise SenderDistrusted(f"the identity key of {who} is distrusted")
+
+        session: Session
+        if key_exchange is None:
+            existing = await backend.load_session(bare_jid, device_id)
+            if existing is None:
+                raise NoSession(f"no session with {who}, and the message does not initiate one")
+            session = existing
+            plain_key_material = await backend.decrypt_key_material(session, encrypted)
+        else:
+            if key_exchange.identity_key != device.identity_key:
+                raise PublicDataInconsistency(
+                    f"the key exchange from {who} carries another identity key than the device's bundle"
+                )
+            existing = await backend.load_session(bare_jid, device_id)
+            if (
+                existing is not None
+                and existing.initiation is Initiation.PASSIVE
+                and existing.key_exchange.builds_same_session(key_exchange)
+            ):
+                session = existing
+                plain_key_material = await backend.decrypt_key_material(session, encrypted)
+            else:
+                session, plain_key_material = await backend.build_session_passive(
+                    bare_jid, device_id, key_exchange, encrypted
+                )
+
+        plaintext = (
+            None
+            if message.content.empty
+            else await backend.decrypt_plaintext(message.content, plain_key_material)
+        )
+
+        # Every check passed: commit.
+        await core.store_session(backend, session)
+        if key_exchange is not None:
+            await core.consume_pre_key(backend, session)
+        receiving = session.receiving_chain_length
+        stale = receiving is not None and receiving > core.manager.STALENESS_MAGIC_NUMBER
+        if key_exchange is not None or stale:
+            _log.debug("owing an empty message to %s (key exchange: %s)", who, key_exchange is not None)
+            await core.owe_empty_message(backend, session)
+    return plaintext, device, plain_key_material

@@ -1,0 +1,273 @@
+"""Persistent bookkeeping of devices, labels, trust and the history-sync queue (storage only, no XMPP).
+
+Storage layout (PROTOCOL.md 5.1, identical to python-omemo so that its data opens here):
+
+- ``/devices/{bare_jid}/list``: every device id ever seen for the JID (only purging shrinks it);
+- ``/devices/{bare_jid}/{device_id}/namespaces`` (list of str), ``.../active`` (namespace -> bool),
+  ``.../label`` (optional str, only verified or label-less-backend labels), ``.../identity_key``
+  (Ed25519, filled lazily from the first downloadable bundle);
+- ``/trust/{bare_jid}/{urlsafe_b64(identity_key)}``: the custom trust level name;
+- ``/queue/{namespace}`` (list of bare JIDs) and ``/queue/{namespace}/{bare_jid}`` (list of device ids):
+  the empty messages owed once history synchronisation ends.
+
+One addition of ours: ``/devices/{bare_jid}/{device_id}/unverified_label`` holds a signed label received
+before the device's identity key was known (``{"namespace", "label", "signature"}``); it is verified and
+promoted to ``label`` as soon as the identity key arrives. python-omemo ignores the key.
+
+Writers follow python-omemo 1.0.4's order: ``active`` before ``namespaces``, so that a crash in between
+never leaves a namespace in ``namespaces`` that ``active`` lacks; :meth:`DeviceStore.load` repairs such
+records written by older versions.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from collections.abc import Mapping
+from typing import Dict, List, NamedTuple, Optional, Tuple
+
+from .storage import Storage
+from .types import DeviceList, SignedLabel
+
+__all__ = [
+    "DeviceRecord",
+    "DeviceStore",
+    "HistorySyncQueue",
+    "PendingLabel",
+    "normalize_device_list",
+]
+
+_log = logging.getLogger("omemo.core")
+
+DEVICE_ID_MIN = 1
+DEVICE_ID_MAX = 2**31 - 1
+
+
+class DeviceRecord(NamedTuple):
+    """What the storage knows about one device."""
+
+    namespaces: Tuple[str, ...]
+    active: Dict[str, bool]
+    label: Optional[str]
+    identity_key: Optional[bytes]
+
+
+class PendingLabel(NamedTuple):
+    """A signed label waiting for the device's identity key to be verified."""
+
+    namespace: str
+    label: SignedLabel
+
+
+def normalize_device_list(namespace: str, bare_jid: str, raw: Mapping[int, object]) -> DeviceList:
+    """Bring a device list from an XMPP hook or a PEP update into the 2.x form.
+
+    Accepts the 2.x form (``SignedLabel`` or ``None`` per device) and the 1.0.2 form (plain ``str`` or
+    ``None``); a plain label becomes ``SignedLabel(label, b"")``, i.e. an unsigned label. Device ids that
+    are not integers in ``1 .. 2**31 - 1`` come from the network and are dropped (logged at debug level).
+
+    Args:
+        namespace: the namespace of the list (for messages).
+        bare_jid: the owner of the list (for messages).
+        raw: the device list.
+
+    Returns:
+        The device list with every label as ``SignedLabel`` or ``None``.
+
+    Raises:
+        TypeError: a label is neither ``None``, ``str`` nor a ``(str, bytes)`` pair.
+    """
+    result: DeviceList = {}
+    for device_id, label in raw.items():
+        if isinstance(device_id, bool) or not isinstance(device_id, int):
+            _log.debug("ignoring non-integer device id in a %s device list", namespace)
+            continue
+        if not DEVICE_ID_MIN <= device_id <= DEVICE_ID_MAX:
+            _log.debug("ignoring out-of-range device id %d in a %s device list", device_id, namespace)
+            continue
+        if label is None:
+            result[device_id] = None
+        elif isinstance(label, SignedLabel):
+            result[device_id] = label
+        elif isinstance(label, str):
+            result[device_id] = SignedLabel(label, b"")
+        elif (
+            isinstance(label, tuple)
+            and len(label) == 2
+            and isinstance(label[0], str)
+            and isinstance(label[1], bytes)
+        ):
+            result[device_id] = SignedLabel(label[0], label[1])
+        else:
+            raise TypeError(
+                f"device list of {bare_jid} in {namespace}: the label of device {device_id} must be None,"
+                f" str or SignedLabel, got {type(label).__name__}"
+            )
+    return result
+
+
+def _b64(value: bytes) -> str:
+    return base64.urlsafe_b64encode(value).decode("ascii")
+
+
+class DeviceStore:
+    """Typed access to the device, label and trust records of the storage."""
+
+    def __init__(self, storage: Storage) -> None:
+        """Args:
+        storage: the storage of the session manager.
+        """
+        self._storage = storage
+
+    @staticmethod
+    def _prefix(bare_jid: str, device_id: int) -> str:
+        return f"/devices/{bare_jid}/{device_id}"
+
+    async def device_ids(self, bare_jid: str) -> List[int]:
+        """Returns: every device id ever stored for ``bare_jid``, in order of discovery."""
+        return (await self._storage.load_list(f"/devices/{bare_jid}/list", int)).maybe([])
+
+    async def store_device_ids(self, bare_jid: str, device_ids: List[int]) -> None:
+        """Replace the device id list of ``bare_jid``."""
+        await self._storage.store(f"/devices/{bare_jid}/list", list(device_ids))
+
+    async def load(self, bare_jid: str, device_id: int) -> DeviceRecord:
+        """Load a device record, repairing a ``namespaces`` entry that ``active`` lacks.
+
+        Args:
+            bare_jid: the device's account.
+            device_id: the device id.
+
+        Returns:
+            The record (empty namespaces for an unknown device).
+        """
+        prefix = self._prefix(bare_jid, device_id)
+        namespaces = (await self._storage.load_list(f"{prefix}/namespaces", str)).maybe([])
+        active = (await self._storage.load_dict(f"{prefix}/active", bool)).maybe({})
+        repaired = [ns for ns in namespaces if ns in active]
+        if repaired != namespaces:
+            _log.warning("repairing the namespaces of a device that lacked active flags")
+            await self._storage.store(f"{prefix}/namespaces", list(repaired))
+        label = (await self._storage.load_optional(f"{prefix}/label", str)).maybe(None)
+        identity_key = (await self._storage.load_bytes(f"{prefix}/identity_key")).maybe(None)
+        return DeviceRecord(tuple(repaired), active, label, identity_key)
+
+    async def store_namespaces(self, bare_jid: str, device_id: int, active: Dict[str, bool]) -> None:
+        """Store the namespaces of a device, given as its ``active`` mapping (written first)."""
+        prefix = self._prefix(bare_jid, device_id)
+        await self._storage.store(f"{prefix}/active", dict(active))
+        await self._storage.store(f"{prefix}/namespaces", list(active))
+
+    async def store_label(self, bare_jid: str, device_id: int, label: Optional[str]) -> None:
+        """Store the (verified or unsigned-by-design) label of a device."""
+        await self._storage.store(f"{self._prefix(bare_jid, device_id)}/label", label)
+
+    async def store_identity_key(self, bare_jid: str, device_id: int, identity_key: bytes) -> None:
+        """Store the identity key of a device."""
+        await self._storage.store_bytes(f"{self._prefix(bare_jid, device_id)}/identity_key", identity_key)
+
+    async def pending_label(self, bare_jid: str, device_id: int) -> Optional[PendingLabel]:
+        """Returns: the signed label awaiting verification, if any (malformed records are ignored)."""
+        raw = (await self._storage.load(f"{self._prefix(bare_jid, device_id)}/unverified_label")).maybe(None)
+        if not isinstance(raw, Mapping):
+            return None
+        namespace, label, signature = raw.get("namespace"), raw.get("label"), raw.get("signature")
+        if not (isinstance(namespace, str) and isinstance(label, str) and isinstance(signature, str)):
+            return None
+        try:
+            signature_bytes = base64.urlsafe_b64decode(signature.encode("ascii"))
+        except (binascii.Error, ValueError):
+            return None
+        return PendingLabel(namespace, SignedLabel(label, signature_bytes))
+
+    async def store_pending_label(
+        self, bare_jid: str, device_id: int, pending: Optional[PendingLabel]
+    ) -> None:
+        """Store (or, with ``None``, delete) the signed label awaiting verification."""
+        key = f"{self._prefix(bare_jid, device_id)}/unverified_label"
+        if pending is None:
+            await self._storage.delete(key)
+        else:
+            await self._storage.store(
+                key,
+                {
+                    "namespace": pending.namespace,
+                    "label": pending.label.label,
+                    "signature": _b64(pending.label.signature),
+                },
+            )
+
+    async def delete_device(self, bare_jid: str, device_id: int) -> None:
+        """Delete every record of a device (not the id list)."""
+        prefix = self._prefix(bare_jid, device_id)
+        for suffix in ("namespaces", "active", "label", "identity_key", "unverified_label"):
+            await self._storage.delete(f"{prefix}/{suffix}")
+
+    async def delete_device_ids(self, bare_jid: str) -> None:
+        """Delete the device id list of ``bare_jid``."""
+        await self._storage.delete(f"/devices/{bare_jid}/list")
+
+    async def trust(self, bare_jid: str, identity_key: bytes, default: str) -> str:
+        """Returns: the custom trust level name of an identity key, ``default`` when none is stored."""
+        return (await self._storage.load_primitive(f"/trust/{bare_jid}/{_b64(identity_key)}", str)).maybe(
+            default
+        )
+
+    async def store_trust(self, bare_jid: str, identity_key: bytes, trust_level_name: str) -> None:
+        """Store the custom trust level name of an identity key."""
+        await self._storage.store(f"/trust/{bare_jid}/{_b64(identity_key)}", trust_level_name)
+
+    async def delete_trust(self, bare_jid: str, identity_key: bytes) -> None:
+        """Delete the trust record of an identity key."""
+        await self._storage.delete(f"/trust/{bare_jid}/{_b64(identity_key)}")
+
+
+class HistorySyncQueue:
+    """The persistent set of sessions owed an empty message once history synchronisation ends."""
+
+    def __init__(self, storage: Storage) -> None:
+        """Args:
+        storage: the storage of the session manager.
+        """
+        self._storage = storage
+
+    async def bare_jids(self, namespace: str) -> List[str]:
+        """Returns: the bare JIDs with queued devices in ``namespace``."""
+        return (await self._storage.load_list(f"/queue/{namespace}", str)).maybe([])
+
+    async def device_ids(self, namespace: str, bare_jid: str) -> List[int]:
+        """Returns: the queued device ids of ``bare_jid`` in ``namespace``."""
+        return (await self._storage.load_list(f"/queue/{namespace}/{bare_jid}", int)).maybe([])
+
+    async def entries(self, namespace: str) -> List[Tuple[str, int]]:
+        """Returns: every queued ``(bare_jid, device_id)`` of ``namespace``."""
+        return [
+            (jid, dev)
+            for jid in await self.bare_jids(namespace)
+            for dev in await self.device_ids(namespace, jid)
+        ]
+
+    async def add(self, namespace: str, bare_jid: str, device_id: int) -> None:
+        """Queue a device (no duplicates). The device list is written before the JID list."""
+        devices = await self.device_ids(namespace, bare_jid)
+        if device_id not in devices:
+            await self._storage.store(f"/queue/{namespace}/{bare_jid}", [*devices, device_id])
+        jids = await self.bare_jids(namespace)
+        if bare_jid not in jids:
+            await self._storage.store(f"/queue/{namespace}", [*jids, bare_jid])
+
+    async def remove(self, namespace: str, bare_jid: str, device_id: int) -> None:
+        """Unqueue a device; a JID without queued devices is dropped from the JID list."""
+        devices = [dev for dev in await self.device_ids(namespace, bare_jid) if dev != device_id]
+        if devices:
+            await self._storage.store(f"/queue/{namespace}/{bare_jid}", devices)
+            return
+        await self.remove_bare_jid(namespace, bare_jid)
+
+    async def remove_bare_jid(self, namespace: str, bare_jid: str) -> None:
+        """Unqueue every device of a JID."""
+        jids = await self.bare_jids(namespace)
+        if bare_jid in jids:
+            await self._storage.store(f"/queue/{namespace}", [jid for jid in jids if jid != bare_jid])
+        await self._storage.delete(f"/queue/{namespace}/{bare_jid}")

@@ -1,0 +1,210 @@
+"""The encryption flow of :meth:`omemo.session_manager.SessionManager.encrypt` (PROTOCOL.md 5.4/5.5).
+
+Steps:
+
+1. Resolve the backend priority order (``UnknownNamespace`` for namespaces that are not loaded) and
+   add the own JID to the recipients.
+2. Collect the device information of every recipient, drop the sending device, and give every other
+   device exactly one namespace: the first of the priority order in which it is active.
+3. Trust: evaluate every candidate; ask ``_make_trust_decision`` ONCE about all undecided devices, then
+   re-read and re-evaluate them (``StillUndecided`` if any remains undecided). Only TRUSTED devices get
+   key material.
+4. Under the session locks of every target device (one sorted sweep): per backend, encrypt the payload
+   once, then load each session or build one actively from the bundle (non-critical errors, like
+   ``BundleNotFound`` or ``KeyExchangeFailed``, drop the device and are reported as ``EncryptionError``).
+5. If a recipient other than ourselves is left without any device: ``NoEligibleDevices``, and nothing
+   is stored. Otherwise every touched session is stored, then the messages are returned.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Dict, FrozenSet, List, Optional, Set, Tuple
+
+from ._session_manager_core import BUNDLE_ERRORS, Core, describe
+from ._session_manager_errors import EncryptionError, NoEligibleDevices, StillUndecided
+from .backend import Backend, KeyExchangeFailed
+from .bundle import Bundle
+from .message import EncryptedKeyMaterial, KeyExchange, Message, PlainKeyMaterial
+from .session import Initiation, Session
+from .types import DeviceInformation, TrustLevel
+
+__all__ = ["encrypt"]
+
+_log = logging.getLogger("omemo.core")
+
+_Target = Tuple[DeviceInformation, str]  # (device, chosen namespace)
+_KeyTuple = Tuple[EncryptedKeyMaterial, Optional[KeyExchange]]
+
+
+def _priority_order(core: Core, backend_priority_order: Optional[List[str]]) -> List[str]:
+    if backend_priority_order is None:
+        return core.namespaces()
+    for namespace in backend_priority_order:
+        core.backend(namespace)  # raises UnknownNamespace
+    return list(dict.fromkeys(backend_priority_order))
+
+
+def _choose_namespace(device: DeviceInformation, order: List[str]) -> Optional[str]:
+    active = dict(device.active)
+    for namespace in order:
+        if namespace in device.namespaces and active.get(namespace, False):
+            return namespace
+    return None
+
+
+async def _decide_trust(core: Core, targets: List[_Target], identifier: Optional[str]) -> List[_Target]:
+    """Returns: the targets whose trust evaluates to TRUSTED, after at most one trust decision."""
+    levels = [await core.evaluate(device) for device, _ in targets]
+    undecided = [
+        device for (device, _), level in zip(targets, levels, strict=True) if level is TrustLevel.UNDECIDED
+    ]
+    if undecided:
+        await core.manager._make_trust_decision(frozenset(undecided), identifier)
+        still: List[DeviceInformation] = []
+        for index, ((device, namespace), level) in enumerate(zip(targets, levels, strict=True)):
+            if level is not TrustLevel.UNDECIDED:
+                continue
+            name = await core.devices.trust(device.bare_jid, device.identity_key, core.undecided)
+            device = device._replace(trust_level_name=name)  # noqa: PLW2901 - the refreshed information
+            targets[index] = (device, namespace)
+            levels[index] = await core.evaluate(device)
+            if levels[index] is TrustLevel.UNDECIDED:
+                still.append(device)
+        if still:
+            names = ", ".join(f"device {d.device_id} of {d.bare_jid}" for d in sorted(still, key=_sort_key))
+            raise StillUndecided(f"trust is still undecided after the trust decision for: {names}")
+    return [target for target, level in zip(targets, levels, strict=True) if level is TrustLevel.TRUSTED]
+
+
+def _sort_key(device: DeviceInformation) -> Tuple[str, int]:
+    return device.bare_jid, device.device_id
+
+
+async def _fetch_bundles(
+    core: Core, needed: List[_Target], cached: Dict[Tuple[str, str, int], Bundle]
+) -> Dict[Tuple[str, str, int], object]:
+    """Download the bundles of devices without a session, concurrently (errors become values)."""
+
+    async def fetch(device: DeviceInformation, namespace: str) -> object:
+        key = (namespace, device.bare_jid, device.device_id)
+        bundle = cached.get(key)
+        try:
+            if bundle is None:
+                bundle = await core.download_bundle(namespace, device.bare_jid, device.device_id)
+            await core.check_identity_key(bundle, device)
+        except BUNDLE_ERRORS as exc:
+            return exc
+        return bundle
+
+    results = await core.runtime.gather([fetch(device, namespace) for device, namespace in needed])
+    return {(ns, d.bare_jid, d.device_id): result for (d, ns), result in zip(needed, results, strict=True)}
+
+
+async def _encrypt_for_backend(
+    core: Core,
+    backend: Backend,
+    plaintext: bytes,
+    targets: List[_Target],
+    cached: Dict[Tuple[str, str, int], Bundle],
+    errors: List[EncryptionError],
+) -> Tuple[Optional[Message], PlainKeyMaterial, List[Session]]:
+    """Encrypt for the devices of one backend (session locks held). Nothing is stored here."""
+    namespace = backend.namespace
+    content, plain_key_material = await backend.encrypt_plaintext(plaintext)
+    sessions: Dict[Tuple[str, int], Optional[Session]] = {}
+    for device, _ in targets:
+        sessions[(device.bare_jid, device.device_id)] = await backend.load_session(
+            device.bare_jid, device.device_id
+        )
+    needed = [target for target in targets if sessions[(target[0].bare_jid, target[0].device_id)] is None]
+    bundles = await _fetch_bundles(core, needed, cached) if needed else {}
+    keys: Set[_KeyTuple] = set()
+    touched: List[Session] = []
+    for device, _ in targets:
+        jid, device_id = device.bare_jid, device.device_id
+        session = sessions[(jid, device_id)]
+        try:
+            if session is None:
+                bundle = bundles[(namespace, jid, device_id)]
+                if isinstance(bundle, Exception):
+                    raise bundle
+                assert isinstance(bundle, Bundle)
+                session, encrypted = await backend.build_session_active(
+                    jid, device_id, bundle, plain_key_material
+                )
+            else:
+                encrypted = await backend.encrypt_key_material(session, plain_key_material)
+        except (*BUNDLE_ERRORS, KeyExchangeFailed) as exc:
+            _log.debug("skipping %s: %s", describe(namespace, jid, device_id), type(exc).__name__)
+            errors.append(EncryptionError(namespace, jid, device_id, exc))
+            continue
+        key_exchange = (
+            session.key_exchange
+            if session.initiation is Initiation.ACTIVE and not session.confirmed
+            else None
+        )
+        keys.add((encrypted, key_exchange))
+        touched.append(session)
+    if not keys:
+        return None, plain_key_material, touched
+    message = Message(namespace, core.own_bare_jid, core.own_device_id, content, frozenset(keys))
+    return message, plain_key_material, touched
+
+
+async def encrypt(
+    core: Core,
+    bare_jids: FrozenSet[str],
+    plaintext: Dict[str, bytes],
+    backend_priority_order: Optional[List[str]],
+    identifier: Optional[str],
+) -> Tuple[Dict[Message, PlainKeyMaterial], FrozenSet[EncryptionError]]:
+    """See :meth:`omemo.session_manager.SessionManager.encrypt`."""
+    order = _priority_order(core, backend_priority_order)
+    recipients = sorted(set(bare_jids) | {core.own_bare_jid})
+    await core.flush_dirty_bundles()
+
+    infos = await core.runtime.gather([core.device_information(jid) for jid in recipients])
+    cached: Dict[Tuple[str, str, int], Bundle] = {}
+    targets: List[_Target] = []
+    for jid, (devices, bundles) in zip(recipients, infos, strict=True):
+        for (bundle_namespace, device_id), bundle in bundles.items():
+            cached[(bundle_namespace, jid, device_id)] = bundle
+        for device in sorted(devices, key=_sort_key):
+            if jid == core.own_bare_jid and device.device_id == core.own_device_id:
+                continue
+            namespace = _choose_namespace(device, order)
+            if namespace is not None:
+                targets.append((device, namespace))
+
+    targets = await _decide_trust(core, targets, identifier)
+
+    used = [ns for ns in core.namespaces() if any(target[1] == ns for target in targets)]
+    missing = [ns for ns in used if ns not in plaintext]
+    if missing:
+        raise ValueError(
+            f"no plaintext given for the namespace(s) {', '.join(missing)} needed by the recipients"
+        )
+
+    errors: List[EncryptionError] = []
+    messages: Dict[Message, PlainKeyMaterial] = {}
+    lock_keys = [(ns, device.bare_jid, device.device_id) for device, ns in targets]
+    async with core.session_locks.hold(*lock_keys):
+        touched: List[Tuple[Backend, Session]] = []
+        for namespace in used:
+            backend = core.backend(namespace)
+            mine = [target for target in targets if target[1] == namespace]
+            message, plain_key_material, sessions = await _encrypt_for_backend(
+                core, backend, plaintext[namespace], mine, cached, errors
+            )
+            touched.extend((backend, session) for session in sessions)
+            if message is not None:
+                messages[message] = plain_key_material
+
+        reached = {session.bare_jid for _, session in touched}
+        unreachable = frozenset(jid for jid in recipients if jid != core.own_bare_jid and jid not in reached)
+        if unreachable:
+            raise NoEligibleDevices(unreachable)
+        for backend, session in touched:
+            await core.store_session(backend, session)
+    return messages, frozenset(errors)

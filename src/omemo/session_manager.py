@@ -1,0 +1,839 @@
+"""The session manager: the orchestration core of the library, and its exceptions.
+
+An application subclasses :class:`SessionManager`, fills in the XMPP hooks (``_upload_bundle``,
+``_download_bundle``, ``_delete_bundle``, ``_upload_device_list``, ``_download_device_list``,
+``_send_message``) and the trust hooks (``_evaluate_custom_trust_level``, ``_make_trust_decision``; ready
+policies are in :mod:`omemo.trust`), and obtains an instance with :meth:`SessionManager.create`.
+
+This module is the only layer of the library that awaits storage and XMPP; the protocol itself lives in
+the backends. The implementation is split over private modules: ``_session_manager_core`` (state,
+locking rules, device lists, device information, pre keys and empty messages),
+``_session_manager_encrypt``, ``_session_manager_decrypt`` (transactional decryption),
+``_session_manager_rotation`` (background signed pre key rotation) and ``_session_manager_runtime``
+(asyncio/Twisted adapter).
+
+Differences from python-omemo that callers may notice (all compatible with the 1.0.2 contract):
+
+- concurrent calls are safe (see ``_session_manager_core`` for the locking rules);
+- a failure to publish the bundle or to send an automatic empty message after a successful decryption
+  does not raise: the plaintext is returned, the bundle upload is retried on the next operation and the
+  empty message is queued until :meth:`SessionManager.after_history_sync`;
+- the signed pre key rotation retry delay really doubles (60 s up to 1 h);
+- ``sign_own_label`` is only called on backends whose ``supports_labels`` is true.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from abc import ABC, abstractmethod
+from typing import Dict, FrozenSet, List, Optional, Tuple, Type, TypeVar
+
+from omemo_engine.xeddsa import ed25519_pub_to_curve25519_pub
+
+from . import _session_manager_runtime as _runtime
+from ._session_manager_core import Core, describe
+from ._session_manager_decrypt import decrypt as _decrypt
+from ._session_manager_encrypt import encrypt as _encrypt
+from ._session_manager_errors import (
+    BundleDeletionFailed,
+    BundleDownloadFailed,
+    BundleNotFound,
+    BundleUploadFailed,
+    DeviceListDownloadFailed,
+    DeviceListUploadFailed,
+    EncryptionError,
+    MessageNotForUs,
+    MessageSendingFailed,
+    NoEligibleDevices,
+    NoSession,
+    PublicDataInconsistency,
+    SenderDistrusted,
+    SenderNotFound,
+    SessionManagerException,
+    StillUndecided,
+    TrustDecisionFailed,
+    UnknownNamespace,
+    UnknownTrustLevel,
+    XMPPInteractionFailed,
+)
+from ._session_manager_rotation import rotation_loop
+from .backend import Backend
+from .bundle import Bundle
+from .identity_key_pair import IdentityKeyPair
+from .message import Message, PlainKeyMaterial
+from .storage import Storage
+from .types import AsyncFramework, DeviceInformation, DeviceList, OMEMOException, TrustLevel
+
+__all__ = [
+    "BundleDeletionFailed",
+    "BundleDownloadFailed",
+    "BundleNotFound",
+    "BundleUploadFailed",
+    "DeviceListDownloadFailed",
+    "DeviceListUploadFailed",
+    "EncryptionError",
+    "MessageNotForUs",
+    "MessageSendingFailed",
+    "NoEligibleDevices",
+    "NoSession",
+    "PublicDataInconsistency",
+    "SenderDistrusted",
+    "SenderNotFound",
+    "SessionManager",
+    "SessionManagerException",
+    "StillUndecided",
+    "TrustDecisionFailed",
+    "UnknownNamespace",
+    "UnknownTrustLevel",
+    "XMPPInteractionFailed",
+]
+
+_log = logging.getLogger("omemo.core")
+
+SessionManagerTypeT = TypeVar("SessionManagerTypeT", bound="SessionManager")
+
+#: Lowest accepted value of ``pre_key_refill_threshold`` (python-omemo's documented bound).
+PRE_KEY_REFILL_THRESHOLD_MIN = 25
+#: Highest accepted value of ``pre_key_refill_threshold``: refill as soon as one pre key was used.
+PRE_KEY_REFILL_THRESHOLD_MAX = 99
+
+
+class SessionManager(ABC):
+    """The core of the library: own key material, bundles, device lists, trust and sessions.
+
+    Subclass it, implement the abstract hooks, and get an instance through :meth:`create` (never by
+    calling the class directly). Most methods can also raise
+    :class:`~omemo.storage.StorageException`. Parameters are never modified. "Identity key" always
+    means the Ed25519 public key of an identity key pair.
+    """
+
+    DEVICE_ID_MIN = 1
+    DEVICE_ID_MAX = 2**31 - 1
+    STALENESS_MAGIC_NUMBER = 53
+    LOG_TAG = "omemo.core"
+
+    # Set by create(). The name-mangled list is read by python-omemo 2.1's debug CLI helper.
+    _core: Core
+    __backends: List[Backend]
+    __rotation: Optional[_runtime.BackgroundTask]
+
+    # -- life cycle ---------------------------------------------------------------------------------
+
+    @classmethod
+    async def create(
+        cls: Type[SessionManagerTypeT],
+        backends: List[Backend],
+        storage: Storage,
+        own_bare_jid: str,
+        initial_own_label: Optional[str],
+        undecided_trust_level_name: str,
+        signed_pre_key_rotation_period: int = 7 * 24 * 60 * 60,
+        pre_key_refill_threshold: int = 99,
+        async_framework: AsyncFramework = AsyncFramework.ASYNCIO,
+    ) -> SessionManagerTypeT:
+        """Load (or, on first use, set up) this device and its backends, and return a session manager.
+
+        On first use a device id unused in every loaded backend's own device list is drawn. Every
+        backend that was not loaded last time gets pre keys, has its bundle published and is added to
+        the own device lists, one backend after the other, the device list always last, and each
+        backend's state is persisted before the next starts: a failure leaves consistent data, and
+        calling ``create`` again carries on. Backends loaded last time but missing now are purged
+        (see :meth:`purge_backend`). Finally the background signed pre key rotation starts.
+
+        Args:
+            backends: the backends to load; their order is the default encryption priority.
+            storage: the storage of all OMEMO data of this account.
+            own_bare_jid: the bare JID of this account.
+            initial_own_label: the label to give this device on first use, if any.
+            undecided_trust_level_name: the custom trust level newly seen identity keys get; it must
+                evaluate to ``TrustLevel.UNDECIDED``.
+            signed_pre_key_rotation_period: how often to rotate the signed pre key, in seconds
+                (between one week, the default, and one month is recommended).
+            pre_key_refill_threshold: refill the pre keys to 100 when no more than this many are left;
+                25 to 99 (the default: replace every used pre key at once).
+            async_framework: the framework to run background work and waits with.
+
+        Returns:
+            The ready session manager, in history synchronisation mode (call
+            :meth:`after_history_sync` once catch-up is done).
+
+        Raises:
+            ValueError: duplicate namespaces or a threshold outside 25..99.
+            BundleUploadFailed: forwarded from ``_upload_bundle``.
+            BundleDeletionFailed: forwarded from ``_delete_bundle``.
+            DeviceListUploadFailed: forwarded from ``_upload_device_list``.
+            DeviceListDownloadFailed: forwarded from ``_download_device_list``.
+        """
+        namespaces = [backend.namespace for backend in backends]
+        if len(set(namespaces)) != len(namespaces):
+            raise ValueError(f"each namespace may be loaded only once, got {namespaces}")
+        if not PRE_KEY_REFILL_THRESHOLD_MIN <= pre_key_refill_threshold <= PRE_KEY_REFILL_THRESHOLD_MAX:
+            raise ValueError(
+                f"pre_key_refill_threshold must be between {PRE_KEY_REFILL_THRESHOLD_MIN} and"
+                f" {PRE_KEY_REFILL_THRESHOLD_MAX}, got {pre_key_refill_threshold}"
+            )
+        if signed_pre_key_rotation_period <= 0:
+            raise ValueError(
+                f"signed_pre_key_rotation_period must be positive, got {signed_pre_key_rotation_period}"
+            )
+
+        self = cls()
+        identity = await IdentityKeyPair.get(storage)
+        self.__backends = list(backends)
+        self.__rotation = None
+        core = self._core = Core(
+            self,
+            storage,
+            self.__backends,
+            own_bare_jid,
+            identity.identity_key,
+            undecided_trust_level_name,
+            signed_pre_key_rotation_period,
+            pre_key_refill_threshold,
+            _runtime.make_runtime(async_framework),
+        )
+
+        own_device_id = (await storage.load_primitive("/own_device_id", int)).maybe(None)
+        if own_device_id is None:
+            own_device_id = await self.__first_run(initial_own_label)
+        core.own_device_id = own_device_id
+
+        own = await core.devices.load(own_bare_jid, own_device_id)
+        for namespace in [ns for ns in own.namespaces if ns not in namespaces]:
+            await self.purge_backend(namespace)
+        for backend in backends:
+            own = await core.devices.load(own_bare_jid, own_device_id)
+            new = backend.namespace not in own.namespaces
+            async with core.backend_locks.hold(backend.namespace):
+                refilled = await core.refill_pre_keys(backend)
+            if new or refilled:
+                await core.upload_bundle(backend)
+            if new:
+                # The device list last: only now is this backend fully usable by others.
+                await core.refresh_device_list(backend.namespace, own_bare_jid)
+
+        self.__rotation = core.runtime.start(rotation_loop(core))
+        return self
+
+    async def __first_run(self, initial_own_label: Optional[str]) -> int:
+        """Draw a free device id and store the own device records; ``/own_device_id`` is written last."""
+        core = self._core
+        taken: set[int] = set()
+        for backend in self.__backends:
+            taken.update((await self._download_device_list(backend.namespace, core.own_bare_jid)).keys())
+        while True:
+            device_id = secrets.randbelow(self.DEVICE_ID_MAX - self.DEVICE_ID_MIN + 1) + self.DEVICE_ID_MIN
+            if device_id not in taken:
+                break
+        jid = core.own_bare_jid
+        # No namespaces yet: create() adds each backend once its bundle and device list entry are online.
+        await core.devices.store_namespaces(jid, device_id, {})
+        await core.devices.store_label(jid, device_id, initial_own_label)
+        await core.devices.store_identity_key(jid, device_id, core.identity_key)
+        known = await core.devices.device_ids(jid)
+        await core.devices.store_device_ids(jid, [*known, device_id] if device_id not in known else known)
+        await core.devices.store_trust(jid, core.identity_key, core.undecided)
+        await core.storage.store("/own_device_id", device_id)
+        _log.info("new OMEMO device set up")
+        return device_id
+
+    async def shutdown(self) -> None:
+        """Stop the background signed pre key rotation and wait for it to end (idempotent).
+
+        Call this before dropping the instance, e.g. when the account goes offline for good.
+        """
+        rotation, self.__rotation = self.__rotation, None
+        if rotation is not None:
+            await rotation.stop()
+
+    # -- data management ----------------------------------------------------------------------------
+
+    async def purge_backend(self, namespace: str) -> None:
+        """Remove a backend's online data (own device list entry, bundle) and, if loaded, its offline data.
+
+        The backend is unloaded if it is loaded. Its offline data can only be purged while it is loaded
+        (``Backend.purge`` does it at any time); otherwise loading it again later restores it.
+        Unsubscribe from device list updates of that namespace before calling this.
+
+        Args:
+            namespace: the namespace of the backend to purge.
+
+        Raises:
+            BundleDeletionFailed: forwarded from ``_delete_bundle``.
+            DeviceListUploadFailed: forwarded from ``_upload_device_list``.
+            DeviceListDownloadFailed: forwarded from ``_download_device_list``.
+        """
+        core = self._core
+        jid, own_id = core.own_bare_jid, core.own_device_id
+        device_list = dict(await self._download_device_list(namespace, jid))
+        if own_id in device_list:
+            del device_list[own_id]
+            await self._upload_device_list(namespace, device_list)
+        async with core.jid_locks.hold(jid):
+            own = await core.devices.load(jid, own_id)
+            await core.devices.store_namespaces(
+                jid, own_id, {ns: flag for ns, flag in own.active.items() if ns != namespace}
+            )
+        for backend in list(self.__backends):
+            if backend.namespace == namespace:
+                self.__backends.remove(backend)
+                async with core.backend_locks.hold(namespace):
+                    await backend.purge()
+        core.dirty_bundles.discard(namespace)
+        await self._delete_bundle(namespace, own_id)
+
+    async def purge_bare_jid(self, bare_jid: str) -> None:
+        """Delete everything known about an account: devices, trust, sessions (of all loaded backends).
+
+        Also drops the account's queued empty messages. Backends that are not loaded keep their data;
+        their ``purge_bare_jid`` can be called at any time.
+
+        Args:
+            bare_jid: the account to forget.
+
+        Raises:
+            ValueError: ``bare_jid`` is the own account (purge backends instead).
+        """
+        core = self._core
+        if bare_jid == core.own_bare_jid:
+            raise ValueError("the own account cannot be purged; use purge_backend instead")
+        async with core.jid_locks.hold(bare_jid):
+            for device_id in await core.devices.device_ids(bare_jid):
+                identity_key = (await core.devices.load(bare_jid, device_id)).identity_key
+                if identity_key is not None:
+                    await core.devices.delete_trust(bare_jid, identity_key)
+                await core.devices.delete_device(bare_jid, device_id)
+            await core.devices.delete_device_ids(bare_jid)
+        for backend in list(self.__backends):
+            async with core.backend_locks.hold(backend.namespace):
+                await backend.purge_bare_jid(bare_jid)
+            await core.queue_lock.acquire()
+            try:
+                await core.queue.remove_bare_jid(backend.namespace, bare_jid)
+            finally:
+                core.queue_lock.release()
+
+    async def ensure_data_consistency(self) -> None:
+        """Make the online data of every loaded backend match the local data.
+
+        Refreshes the own device lists (re-adding this device where it is missing), downloads each own
+        bundle and republishes it if it cannot be downloaded or differs from the local one. Not called
+        automatically; calling it once after start and now and then is recommended.
+
+        Raises:
+            DeviceListDownloadFailed: forwarded from ``_download_device_list``.
+            DeviceListUploadFailed: forwarded from ``_upload_device_list``.
+            BundleUploadFailed: forwarded from ``_upload_bundle``.
+        """
+        core = self._core
+        for backend in list(self.__backends):
+            namespace = backend.namespace
+            await core.refresh_device_list(namespace, core.own_bare_jid)
+            local = await backend.get_bundle(core.own_bare_jid, core.own_device_id)
+            try:
+                online: Optional[Bundle] = await self._download_bundle(
+                    namespace, core.own_bare_jid, core.own_device_id
+                )
+            except (BundleDownloadFailed, BundleNotFound):
+                online = None
+            if online is None or online != local:
+                _log.info("republishing the %s bundle", namespace)
+                await core.upload_bundle(backend)
+
+    # -- abstract hooks: XMPP -----------------------------------------------------------------------
+
+    @staticmethod
+    @abstractmethod
+    async def _upload_bundle(bundle: Bundle) -> None:
+        """Publish this device's bundle, replacing the published one.
+
+        May be called by :meth:`create` before it returns. Must handle the namespaces of all loaded
+        backends. Must not call back into the session manager.
+
+        Args:
+            bundle: the bundle to publish (its namespace, JID and device id are attributes).
+
+        Raises:
+            UnknownNamespace: the namespace is unknown.
+            BundleUploadFailed: the upload failed (a subclass may be raised instead).
+        """
+
+    @staticmethod
+    @abstractmethod
+    async def _download_bundle(namespace: str, bare_jid: str, device_id: int) -> Bundle:
+        """Download the bundle of a device.
+
+        May be called by :meth:`create` before it returns. Must handle the namespaces of all loaded
+        backends. Must not call back into the session manager.
+
+        Args:
+            namespace: the namespace to download the bundle of.
+            bare_jid: the account of the device.
+            device_id: the device id.
+
+        Returns:
+            The bundle.
+
+        Raises:
+            UnknownNamespace: the namespace is unknown.
+            BundleNotFound: there is no such bundle.
+            BundleDownloadFailed: a technical failure (not for a missing bundle; a subclass may be
+                raised instead).
+        """
+
+    @staticmethod
+    @abstractmethod
+    async def _delete_bundle(namespace: str, device_id: int) -> None:
+        """Delete this device's published bundle; a missing bundle is not an error.
+
+        May be called by :meth:`create` before it returns. Must handle the namespaces of all loaded
+        backends, and, for :meth:`purge_backend`, the namespace being purged even if not loaded.
+
+        Args:
+            namespace: the namespace of the bundle.
+            device_id: this device's id.
+
+        Raises:
+            UnknownNamespace: the namespace is unknown.
+            BundleDeletionFailed: the deletion failed (a subclass may be raised instead).
+        """
+
+    @staticmethod
+    @abstractmethod
+    async def _upload_device_list(namespace: str, device_list: DeviceList) -> None:
+        """Publish the device list of the own account.
+
+        May be called by :meth:`create` before it returns. Must handle the namespaces of all loaded
+        backends. Must not call back into the session manager.
+
+        Args:
+            namespace: the namespace of the device list.
+            device_list: device id -> optional label. Labels are :class:`~omemo.types.SignedLabel`
+                (2.x); a label of a backend without label support has an empty signature.
+
+        Raises:
+            UnknownNamespace: the namespace is unknown.
+            DeviceListUploadFailed: the upload failed (a subclass may be raised instead).
+        """
+
+    @staticmethod
+    @abstractmethod
+    async def _download_device_list(namespace: str, bare_jid: str) -> DeviceList:
+        """Download the device list of an account.
+
+        May be called by :meth:`create` before it returns. Must handle the namespaces of all loaded
+        backends. Must not call back into the session manager. Returning the 1.0.2 form (plain ``str``
+        labels) is accepted too.
+
+        Args:
+            namespace: the namespace of the device list.
+            bare_jid: the account.
+
+        Returns:
+            Device id -> optional label; an empty mapping if the list does not exist.
+
+        Raises:
+            UnknownNamespace: the namespace is unknown.
+            DeviceListDownloadFailed: a technical failure (not for a missing list; a subclass may be
+                raised instead).
+        """
+
+    @staticmethod
+    @abstractmethod
+    async def _send_message(message: Message, bare_jid: str) -> None:
+        """Send a message that the library generated on its own (it carries no payload).
+
+        Used to complete key exchanges, to keep the other side's sessions from going stale (after
+        :attr:`STALENESS_MAGIC_NUMBER` messages without reply), to announce replaced sessions and by
+        backend-specific mechanisms. Must not call back into the session manager.
+
+        Args:
+            message: the message.
+            bare_jid: the recipient account.
+
+        Raises:
+            UnknownNamespace: the namespace is unknown.
+            MessageSendingFailed: sending failed (a subclass may be raised instead).
+        """
+
+    # -- abstract hooks: trust ----------------------------------------------------------------------
+
+    @abstractmethod
+    async def _evaluate_custom_trust_level(self, device: DeviceInformation) -> TrustLevel:
+        """Map the custom trust level of a device to a core trust level.
+
+        ``TRUSTED`` allows encrypting to and decrypting from the device; ``DISTRUSTED`` forbids both;
+        ``UNDECIDED`` means that a decision is pending: decrypting is allowed, encrypting needs a
+        decision first (see :meth:`_make_trust_decision`).
+
+        Args:
+            device: the device, with the custom trust level name to evaluate.
+
+        Returns:
+            The core trust level.
+
+        Raises:
+            UnknownTrustLevel: the name is not known (a subclass may be raised instead).
+        """
+
+    @abstractmethod
+    async def _make_trust_decision(
+        self, undecided: FrozenSet[DeviceInformation], identifier: Optional[str]
+    ) -> None:
+        """Decide about devices whose trust is undecided, persisting the decisions with :meth:`set_trust`.
+
+        Called at most once per :meth:`encrypt`, with all undecided recipient devices. Devices still
+        undecided afterwards make the encryption fail with :class:`StillUndecided`.
+
+        Args:
+            undecided: the devices that need a decision.
+            identifier: the value the application passed to :meth:`encrypt`, unchanged (e.g. to find
+                the chat window that triggered it).
+
+        Raises:
+            TrustDecisionFailed: the decision could not be made (a subclass may be raised instead).
+        """
+
+    # -- device lists and labels --------------------------------------------------------------------
+
+    async def update_device_list(self, namespace: str, bare_jid: str, device_list: DeviceList) -> None:
+        """Feed a device list into the library, e.g. from a PEP notification.
+
+        New devices are recorded, listed ones are marked active in ``namespace``, unlisted ones inactive
+        (devices are never forgotten automatically). If the list is the own account's and lacks this
+        device, this device is added and the list republished. Labels are kept only if their signature
+        verifies against the device's identity key (checked once that key is known); backends without
+        label support take labels as they come, like python-omemo 1.0.2. The 1.0.2 form (plain ``str``
+        labels) is accepted.
+
+        Args:
+            namespace: the namespace of the list.
+            bare_jid: the account the list belongs to.
+            device_list: device id -> optional label.
+
+        Raises:
+            UnknownNamespace: the backend of the namespace is not loaded.
+            DeviceListUploadFailed: forwarded from ``_upload_device_list``.
+        """
+        await self._core.update_device_list(namespace, bare_jid, device_list)
+
+    async def refresh_device_list(self, namespace: str, bare_jid: str) -> None:
+        """Download a device list and feed it to :meth:`update_device_list`.
+
+        Args:
+            namespace: the namespace of the list.
+            bare_jid: the account.
+
+        Raises:
+            UnknownNamespace: the backend of the namespace is not loaded.
+            DeviceListDownloadFailed: forwarded from ``_download_device_list``.
+            DeviceListUploadFailed: forwarded from :meth:`update_device_list`.
+        """
+        await self._core.refresh_device_list(namespace, bare_jid)
+
+    async def refresh_device_lists(self, bare_jid: str) -> None:
+        """:meth:`refresh_device_list` for every loaded backend.
+
+        Args:
+            bare_jid: the account.
+
+        Raises:
+            DeviceListDownloadFailed: forwarded from ``_download_device_list``.
+            DeviceListUploadFailed: forwarded from :meth:`update_device_list`.
+        """
+        for namespace in self._core.namespaces():
+            await self._core.refresh_device_list(namespace, bare_jid)
+
+    async def clear_device_lists(self) -> None:
+        """Drop every other device from the own device lists of all loaded backends.
+
+        Other own devices that are still in use add themselves back when they next see the list. This
+        device is kept in the uploaded lists (python-omemo uploads empty lists and relies on re-adding
+        itself later; keeping it avoids a window in which it is invisible to senders).
+
+        Raises:
+            DeviceListUploadFailed: forwarded from ``_upload_device_list``.
+        """
+        core = self._core
+        own = await core.devices.load(core.own_bare_jid, core.own_device_id)
+        for backend in list(self.__backends):
+            device_list: DeviceList = {core.own_device_id: await core.own_label_entry(backend, own.label)}
+            await self._upload_device_list(backend.namespace, device_list)
+            await core.update_device_list(backend.namespace, core.own_bare_jid, device_list)
+
+    async def set_own_label(self, own_label: Optional[str]) -> None:
+        """Change the label of this device and republish the own device lists.
+
+        The label is signed for backends that support labels and passed unsigned to the others (whose
+        device lists may have no place for it). Keeping it under 53 characters is recommended.
+
+        Args:
+            own_label: the new label, or ``None`` for none.
+
+        Raises:
+            DeviceListUploadFailed: forwarded from ``_upload_device_list``.
+            DeviceListDownloadFailed: forwarded from ``_download_device_list``.
+        """
+        core = self._core
+        async with core.jid_locks.hold(core.own_bare_jid):
+            await core.devices.store_label(core.own_bare_jid, core.own_device_id, own_label)
+        for backend in list(self.__backends):
+            await core.publish_own_device_list(backend, own_label)
+
+    # -- device information and trust ---------------------------------------------------------------
+
+    async def get_device_information(self, bare_jid: str) -> FrozenSet[DeviceInformation]:
+        """Describe the known devices of an account, across all backends.
+
+        Only devices known from device lists are included (keep the lists current with
+        :meth:`update_device_list`). The identity key of a device is learnt from its bundle the first
+        time; devices whose bundle cannot be downloaded then are left out.
+
+        Args:
+            bare_jid: the account.
+
+        Returns:
+            One entry per device: id, namespaces and activity, identity key, trust level name, label.
+        """
+        infos, _ = await self._core.device_information(bare_jid)
+        return infos
+
+    async def get_own_device_information(self) -> Tuple[DeviceInformation, FrozenSet[DeviceInformation]]:
+        """Describe this device and the other devices of the own account.
+
+        Returns:
+            This device's information and the set of the other own devices' information.
+        """
+        core = self._core
+        infos, _ = await core.device_information(core.own_bare_jid)
+        own = [info for info in infos if info.device_id == core.own_device_id]
+        if own:
+            this = own[0]
+        else:  # not listed in any namespace right now; described from the stored record
+            record = await core.devices.load(core.own_bare_jid, core.own_device_id)
+            this = await core.make_information(
+                core.own_bare_jid, core.own_device_id, record._replace(identity_key=core.identity_key)
+            )
+        return this, frozenset(info for info in infos if info.device_id != core.own_device_id)
+
+    async def set_trust(self, bare_jid: str, identity_key: bytes, trust_level_name: str) -> None:
+        """Assign a custom trust level to an identity key of an account.
+
+        Args:
+            bare_jid: the account the identity key belongs to.
+            identity_key: the identity key.
+            trust_level_name: the custom trust level name.
+        """
+        await self._core.devices.store_trust(bare_jid, identity_key, trust_level_name)
+
+    # -- sessions -----------------------------------------------------------------------------------
+
+    async def replace_sessions(self, device: DeviceInformation) -> Dict[str, OMEMOException]:
+        """Replace every existing session with a device by a new one, and tell the device.
+
+        Meant for sessions that seem broken, not for healthy ones: if the announcement gets lost, the
+        other side keeps using the old session. One empty message with the new key exchange is sent per
+        replaced session.
+
+        Args:
+            device: the device.
+
+        Returns:
+            Namespace -> the exception that made the replacement fail there. A ``StorageException``
+            may have left that session inconsistent; any other failure happened before anything
+            changed.
+        """
+        core = self._core
+        failures: Dict[str, OMEMOException] = {}
+        jid, device_id = device.bare_jid, device.device_id
+        for backend in list(self.__backends):
+            namespace = backend.namespace
+            async with core.session_locks.hold((namespace, jid, device_id)):
+                try:
+                    if await backend.load_session(jid, device_id) is None:
+                        continue
+                    bundle = await core.download_bundle(namespace, jid, device_id)
+                    await core.check_identity_key(bundle, device)
+                    content, plain_key_material = await backend.encrypt_empty()
+                    session, encrypted = await backend.build_session_active(
+                        jid, device_id, bundle, plain_key_material
+                    )
+                    message = Message(
+                        namespace,
+                        core.own_bare_jid,
+                        core.own_device_id,
+                        content,
+                        frozenset({(encrypted, session.key_exchange)}),
+                    )
+                    await self._send_message(message, jid)
+                    await core.store_session(backend, session)
+                except OMEMOException as exc:
+                    _log.debug(
+                        "replacing the session with %s failed: %s", describe(namespace, jid, device_id), exc
+                    )
+                    failures[namespace] = exc
+        return failures
+
+    async def get_sending_chain_length(self, device: DeviceInformation) -> Dict[str, Optional[int]]:
+        """Report the sending chain length of each session with a device (for staleness detection).
+
+        Args:
+            device: the device.
+
+        Returns:
+            Namespace (of each of the device's namespaces) -> sending chain length, or ``None`` where
+            there is no session (or the backend is not loaded).
+        """
+        core = self._core
+        result: Dict[str, Optional[int]] = {}
+        for namespace in sorted(device.namespaces):
+            try:
+                backend = core.backend(namespace)
+            except UnknownNamespace:
+                result[namespace] = None
+                continue
+            session = await backend.load_session(device.bare_jid, device.device_id)
+            result[namespace] = None if session is None else session.sending_chain_length
+        return result
+
+    # -- history synchronisation --------------------------------------------------------------------
+
+    def before_history_sync(self) -> None:
+        """Enter history synchronisation mode (no effect if already in it).
+
+        Use it while catching up on what happened offline. In this mode used pre keys are only hidden
+        from the bundle, not deleted, since several senders may have picked the same one; and
+        automatic empty messages are queued, one per session, until :meth:`after_history_sync`. Live
+        messages can be processed meanwhile. :meth:`create` starts in this mode.
+        """
+        self._core.history_sync = True
+
+    async def after_history_sync(self) -> None:
+        """Leave history synchronisation mode: delete hidden pre keys and send the queued empty messages.
+
+        Messages that cannot be sent stay queued for the next call.
+
+        Raises:
+            MessageSendingFailed: some queued empty messages could not be sent (the message names them;
+                the first failure is the ``__cause__``).
+        """
+        core = self._core
+        core.history_sync = False
+        for backend in list(self.__backends):
+            async with core.backend_locks.hold(backend.namespace):
+                await backend.delete_hidden_pre_keys()
+        failures: List[Tuple[str, str, int, Exception]] = []
+        for backend in list(self.__backends):
+            namespace = backend.namespace
+            await core.queue_lock.acquire()
+            try:
+                entries = await core.queue.entries(namespace)
+            finally:
+                core.queue_lock.release()
+            for jid, device_id in entries:
+                async with core.session_locks.hold((namespace, jid, device_id)):
+                    session = await backend.load_session(jid, device_id)
+                    try:
+                        if session is not None:
+                            await core.send_empty_message(backend, session)
+                    except MessageSendingFailed as exc:
+                        failures.append((namespace, jid, device_id, exc))
+                        continue
+                    await core.queue_lock.acquire()
+                    try:
+                        await core.queue.remove(namespace, jid, device_id)
+                    finally:
+                        core.queue_lock.release()
+        if failures:
+            names = "; ".join(describe(ns, jid, dev) for ns, jid, dev, _ in failures)
+            raise MessageSendingFailed(f"queued empty messages could not be sent to: {names}") from failures[
+                0
+            ][3]
+
+    # -- encryption ---------------------------------------------------------------------------------
+
+    async def encrypt(
+        self,
+        bare_jids: FrozenSet[str],
+        plaintext: Dict[str, bytes],
+        backend_priority_order: Optional[List[str]] = None,
+        identifier: Optional[str] = None,
+    ) -> Tuple[Dict[Message, PlainKeyMaterial], FrozenSet[EncryptionError]]:
+        """Encrypt a plaintext for the devices of some accounts and for the other own devices.
+
+        Each device gets the message of one backend: the first of ``backend_priority_order`` in which it
+        is active. Undecided devices are submitted to :meth:`_make_trust_decision` once; only trusted
+        devices receive key material. Devices that cannot be reached (no bundle, failed key exchange)
+        are skipped and reported. Sessions are stored only if the encryption succeeds.
+
+        Args:
+            bare_jids: the recipient accounts (the own account is added implicitly).
+            plaintext: namespace -> the plaintext for that backend (e.g. a body for the legacy
+                namespace, an SCE envelope for ``urn:xmpp:omemo:2``); needed for every backend used.
+            backend_priority_order: namespaces from most to least preferred; ``None`` means the order
+                of the backends given to :meth:`create`.
+            identifier: passed through to :meth:`_make_trust_decision` unchanged.
+
+        Returns:
+            One message per backend used, mapped to the plain key material of its content (for e.g.
+            legacy key transport), and the non-critical errors that made devices be skipped.
+
+        Raises:
+            UnknownNamespace: the priority order names a namespace that is not loaded.
+            ValueError: ``plaintext`` lacks a namespace that is needed.
+            UnknownTrustLevel: forwarded from ``_evaluate_custom_trust_level``.
+            TrustDecisionFailed: forwarded from ``_make_trust_decision``.
+            StillUndecided: devices are still undecided after the trust decision.
+            NoEligibleDevices: some recipient has no device that can be encrypted for.
+        """
+        return await _encrypt(self._core, bare_jids, plaintext, backend_priority_order, identifier)
+
+    async def decrypt(self, message: Message) -> Tuple[Optional[bytes], DeviceInformation, PlainKeyMaterial]:
+        """Decrypt a message, transactionally.
+
+        Nothing is persisted unless the key material authenticates, the payload decrypts and the sender
+        is not distrusted; so after any exception the message can be retried. Undecided senders are
+        decrypted. On success, may publish a refilled bundle and send (or, during history
+        synchronisation, queue) an empty message that completes the key exchange or prevents
+        staleness; failures of those two steps are logged and retried later instead of raised, so the
+        plaintext is never lost. Do not build automatic reactions to decryption failures on top; do
+        tell the user.
+
+        Args:
+            message: the message.
+
+        Returns:
+            The plaintext (``None`` for an empty message), the sending device's information and the
+            plain key material the message transported.
+
+        Raises:
+            UnknownNamespace: the message's backend is not loaded.
+            MessageNotForUs: the message has no key for this device.
+            SenderNotFound: the sending device or its identity key cannot be found.
+            SenderDistrusted: the sending device's identity key is distrusted.
+            UnknownTrustLevel: forwarded from ``_evaluate_custom_trust_level``.
+            NoSession: there is no session and the message does not build one.
+            PublicDataInconsistency: the key exchange's identity key is not the device's.
+            KeyExchangeFailed: forwarded from ``Backend.build_session_passive``.
+            DecryptionFailed: forwarded from the backend (TooManySkippedMessageKeys too).
+        """
+        return await _decrypt(self._core, message)
+
+    # -- helpers ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def format_identity_key(identity_key: bytes) -> List[str]:
+        """Format an identity key as a fingerprint: its Curve25519 form as 8 groups of 8 lowercase hex.
+
+        Args:
+            identity_key: the identity key (Ed25519).
+
+        Returns:
+            The eight groups (consider XEP-0392 consistent colours per group when showing them).
+
+        Raises:
+            ValueError: not a valid Ed25519 public key.
+        """
+        hex_form = ed25519_pub_to_curve25519_pub(identity_key).hex()
+        return [hex_form[index : index + 8] for index in range(0, 64, 8)]
