@@ -543,7 +543,7 @@ if sys.version_info >= (3, 11):
             # Fast path: most clients send base64 without whitespace (strict mode rejects any).
             try:
                 return binascii.a2b_base64(text, strict_mode=True)
-            except binascii.Error:
+            except ValueError:  # binascii.Error, or non-ASCII (possibly Unicode whitespace)
                 pass
         compact = "".join(text.split())
         if len(compact) % 4 or compact.endswith("==="):
