@@ -145,3 +145,16 @@ async def test_get_rejects_a_stored_key_of_the_wrong_length() -> None:
     storage = MemoryStorage({"/ikp/is_seed": True, "/ikp/key": base64.urlsafe_b64encode(b"short").decode()})
     with pytest.raises(TypeError, match="32"):
         await IdentityKeyPair.get(storage)
+
+
+async def test_get_works_with_an_unhashable_storage() -> None:
+    class Unhashable(MemoryStorage):
+        def __eq__(self, other: object) -> bool:
+            return self is other
+
+        __hash__ = None  # type: ignore[assignment]
+
+    storage = Unhashable()
+    first = await IdentityKeyPair.get(storage)
+    second = await IdentityKeyPair.get(storage)
+    assert first.identity_key == second.identity_key
