@@ -24,8 +24,10 @@ levels above: they must not call the session manager themselves.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import TYPE_CHECKING, Dict, FrozenSet, List, Optional, Tuple
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Dict, FrozenSet, List, Optional, Tuple, cast
 
 from ._session_manager_devices import (
     DeviceRecord,
@@ -44,7 +46,7 @@ from ._session_manager_errors import (
     UnknownTrustLevel,
     XMPPInteractionFailed,
 )
-from ._session_manager_runtime import KeyedLocks, Lock, Runtime
+from ._session_manager_runtime import AsyncioRuntime, KeyedLocks, Lock, Runtime
 from .backend import Backend
 from .bundle import Bundle
 from .message import Message
@@ -160,25 +162,46 @@ class Core:
             except (BundleUploadFailed, UnknownNamespace) as exc:
                 _log.warning("bundle upload for %s still failing: %s", namespace, type(exc).__name__)
 
-    async def consume_pre_key(self, backend: Backend, session: Session) -> None:
-        """Hide (history sync) or delete the pre key a passive session used; refill and republish.
+    def transaction(self) -> AbstractAsyncContextManager[object]:
+        """An atomic write group of the storage, if it offers one (``omemo.storages`` do), under asyncio.
 
-        Upload failures are logged and retried later (the message has already been decrypted).
+        The caller must already hold every lock it needs inside: other tasks' writes wait for the
+        transaction, so waiting for a lock inside it could deadlock.
+        """
+        transaction = getattr(self.storage, "transaction", None)
+        if transaction is None or not isinstance(self.runtime, AsyncioRuntime):
+            return contextlib.nullcontext()
+        return cast(AbstractAsyncContextManager[object], transaction())
+
+    async def commit_decryption(self, backend: Backend, session: Session, used_pre_key: bool) -> None:
+        """Persist a successfully decrypted session and consume the pre key it was built with.
+
+        The session and the pre key change are written in one storage transaction where available. The
+        used pre key is hidden during history synchronisation and deleted otherwise; if the bundle
+        changed, pre keys are refilled and the bundle is republished. A failed upload is logged and
+        retried on the next operation (the message has been decrypted already).
         """
         namespace = backend.namespace
+        changed = False
         async with self.backend_locks.hold(namespace):
-            if self.history_sync:
-                changed = await backend.hide_pre_key(session)
-            else:
-                changed = await backend.delete_pre_key(session)
-            if not changed:
-                return
-            await self.refill_pre_keys(backend)
-            self.dirty_bundles.add(namespace)
-        try:
-            await self.upload_bundle(backend)
-        except BundleUploadFailed:
-            _log.warning("could not publish the %s bundle after a pre key was used; will retry", namespace)
+            async with self.transaction():
+                await backend.store_session(session)
+                if used_pre_key:
+                    if self.history_sync:
+                        changed = await backend.hide_pre_key(session)
+                    else:
+                        changed = await backend.delete_pre_key(session)
+                    if changed:
+                        await self.refill_pre_keys(backend)
+            if changed:
+                self.dirty_bundles.add(namespace)
+        if changed:
+            try:
+                await self.upload_bundle(backend)
+            except BundleUploadFailed:
+                _log.warning(
+                    "could not publish the %s bundle after a pre key was used; will retry", namespace
+                )
 
     # -- labels -------------------------------------------------------------------------------------
 

@@ -2,10 +2,11 @@
 
 Decryption is transactional: the session is decrypted (or passively built) in memory, the payload is
 decrypted, and only when the key material authenticated, the payload decrypted and the sender passed
-the trust check is anything persisted: the session first, then the pre key consumption (hide during
-history synchronisation, delete otherwise) with refill and bundle publication, then the automatic empty
-message (sent now, or queued during history synchronisation). A failure before the store leaves the
-storage exactly as it was, so the same message can be retried.
+the trust check is anything persisted: the session together with the pre key consumption (hide during
+history synchronisation, delete otherwise) and refill, in one storage transaction where the storage
+offers one; then the bundle publication and the automatic empty message (sent now, or queued during
+history synchronisation). A failure before the commit leaves the storage exactly as it was, so the
+same message can be retried.
 
 Everything after the store is best effort: the plaintext is returned even when the bundle upload or
 the empty message fails (both are logged and retried later), since raising at that point would lose a
@@ -121,9 +122,7 @@ async def decrypt(
         )
 
         # Every check passed: commit.
-        await core.store_session(backend, session)
-        if key_exchange is not None:
-            await core.consume_pre_key(backend, session)
+        await core.commit_decryption(backend, session, used_pre_key=key_exchange is not None)
         receiving = session.receiving_chain_length
         stale = receiving is not None and receiving > core.manager.STALENESS_MAGIC_NUMBER
         if key_exchange is not None or stale:

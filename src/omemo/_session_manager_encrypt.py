@@ -3,7 +3,8 @@
 Steps:
 
 1. Resolve the backend priority order (``UnknownNamespace`` for namespaces that are not loaded) and
-   add the own JID to the recipients.
+   add the own JID to the recipients. Accounts nothing is known about get their device lists
+   downloaded once (an addition to python-omemo, which leaves that to the application).
 2. Collect the device information of every recipient, drop the sending device, and give every other
    device exactly one namespace: the first of the priority order in which it is active.
 3. Trust: evaluate every candidate; ask ``_make_trust_decision`` ONCE about all undecided devices, then
@@ -22,7 +23,14 @@ import logging
 from typing import Dict, FrozenSet, List, Optional, Set, Tuple
 
 from ._session_manager_core import BUNDLE_ERRORS, Core, describe
-from ._session_manager_errors import EncryptionError, NoEligibleDevices, StillUndecided
+from ._session_manager_errors import (
+    DeviceListDownloadFailed,
+    DeviceListUploadFailed,
+    EncryptionError,
+    NoEligibleDevices,
+    StillUndecided,
+    UnknownNamespace,
+)
 from .backend import Backend, KeyExchangeFailed
 from .bundle import Bundle
 from .message import EncryptedKeyMaterial, KeyExchange, Message, PlainKeyMaterial
@@ -152,6 +160,21 @@ async def _encrypt_for_backend(
     return message, plain_key_material, touched
 
 
+async def _discover(core: Core, bare_jid: str) -> None:
+    """Download the device lists of an account nothing is known about yet (best effort).
+
+    python-omemo leaves this to the application; doing it here makes a first message to a new contact
+    work even before any PEP notification arrived. Failures just leave the account without devices.
+    """
+    if await core.devices.device_ids(bare_jid):
+        return
+    for namespace in core.namespaces():
+        try:
+            await core.refresh_device_list(namespace, bare_jid)
+        except (DeviceListDownloadFailed, DeviceListUploadFailed, UnknownNamespace) as exc:
+            _log.debug("could not discover the %s devices of %s: %s", namespace, bare_jid, exc)
+
+
 async def encrypt(
     core: Core,
     bare_jids: FrozenSet[str],
@@ -164,6 +187,7 @@ async def encrypt(
     recipients = sorted(set(bare_jids) | {core.own_bare_jid})
     await core.flush_dirty_bundles()
 
+    await core.runtime.gather([_discover(core, jid) for jid in recipients])
     infos = await core.runtime.gather([core.device_information(jid) for jid in recipients])
     cached: Dict[Tuple[str, str, int], Bundle] = {}
     targets: List[_Target] = []

@@ -25,14 +25,14 @@ Differences from python-omemo that callers may notice (all compatible with the 1
 from __future__ import annotations
 
 import logging
-import secrets
 from abc import ABC, abstractmethod
 from typing import Dict, FrozenSet, List, Optional, Tuple, Type, TypeVar
 
 from omemo_engine.xeddsa import ed25519_pub_to_curve25519_pub
 
+from . import _session_manager_maintenance as _maintenance
 from . import _session_manager_runtime as _runtime
-from ._session_manager_core import Core, describe
+from ._session_manager_core import Core
 from ._session_manager_decrypt import decrypt as _decrypt
 from ._session_manager_encrypt import encrypt as _encrypt
 from ._session_manager_errors import (
@@ -196,47 +196,12 @@ class SessionManager(ABC):
 
         own_device_id = (await storage.load_primitive("/own_device_id", int)).maybe(None)
         if own_device_id is None:
-            own_device_id = await self.__first_run(initial_own_label)
+            own_device_id = await _maintenance.first_run(core, initial_own_label)
         core.own_device_id = own_device_id
-
-        own = await core.devices.load(own_bare_jid, own_device_id)
-        for namespace in [ns for ns in own.namespaces if ns not in namespaces]:
-            await self.purge_backend(namespace)
-        for backend in backends:
-            own = await core.devices.load(own_bare_jid, own_device_id)
-            new = backend.namespace not in own.namespaces
-            async with core.backend_locks.hold(backend.namespace):
-                refilled = await core.refill_pre_keys(backend)
-            if new or refilled:
-                await core.upload_bundle(backend)
-            if new:
-                # The device list last: only now is this backend fully usable by others.
-                await core.refresh_device_list(backend.namespace, own_bare_jid)
+        await _maintenance.set_up_backends(core)
 
         self.__rotation = core.runtime.start(rotation_loop(core))
         return self
-
-    async def __first_run(self, initial_own_label: Optional[str]) -> int:
-        """Draw a free device id and store the own device records; ``/own_device_id`` is written last."""
-        core = self._core
-        taken: set[int] = set()
-        for backend in self.__backends:
-            taken.update((await self._download_device_list(backend.namespace, core.own_bare_jid)).keys())
-        while True:
-            device_id = secrets.randbelow(self.DEVICE_ID_MAX - self.DEVICE_ID_MIN + 1) + self.DEVICE_ID_MIN
-            if device_id not in taken:
-                break
-        jid = core.own_bare_jid
-        # No namespaces yet: create() adds each backend once its bundle and device list entry are online.
-        await core.devices.store_namespaces(jid, device_id, {})
-        await core.devices.store_label(jid, device_id, initial_own_label)
-        await core.devices.store_identity_key(jid, device_id, core.identity_key)
-        known = await core.devices.device_ids(jid)
-        await core.devices.store_device_ids(jid, [*known, device_id] if device_id not in known else known)
-        await core.devices.store_trust(jid, core.identity_key, core.undecided)
-        await core.storage.store("/own_device_id", device_id)
-        _log.info("new OMEMO device set up")
-        return device_id
 
     async def shutdown(self) -> None:
         """Stop the background signed pre key rotation and wait for it to end (idempotent).
@@ -264,24 +229,7 @@ class SessionManager(ABC):
             DeviceListUploadFailed: forwarded from ``_upload_device_list``.
             DeviceListDownloadFailed: forwarded from ``_download_device_list``.
         """
-        core = self._core
-        jid, own_id = core.own_bare_jid, core.own_device_id
-        device_list = dict(await self._download_device_list(namespace, jid))
-        if own_id in device_list:
-            del device_list[own_id]
-            await self._upload_device_list(namespace, device_list)
-        async with core.jid_locks.hold(jid):
-            own = await core.devices.load(jid, own_id)
-            await core.devices.store_namespaces(
-                jid, own_id, {ns: flag for ns, flag in own.active.items() if ns != namespace}
-            )
-        for backend in list(self.__backends):
-            if backend.namespace == namespace:
-                self.__backends.remove(backend)
-                async with core.backend_locks.hold(namespace):
-                    await backend.purge()
-        core.dirty_bundles.discard(namespace)
-        await self._delete_bundle(namespace, own_id)
+        await _maintenance.purge_backend(self._core, namespace)
 
     async def purge_bare_jid(self, bare_jid: str) -> None:
         """Delete everything known about an account: devices, trust, sessions (of all loaded backends).
@@ -295,24 +243,7 @@ class SessionManager(ABC):
         Raises:
             ValueError: ``bare_jid`` is the own account (purge backends instead).
         """
-        core = self._core
-        if bare_jid == core.own_bare_jid:
-            raise ValueError("the own account cannot be purged; use purge_backend instead")
-        async with core.jid_locks.hold(bare_jid):
-            for device_id in await core.devices.device_ids(bare_jid):
-                identity_key = (await core.devices.load(bare_jid, device_id)).identity_key
-                if identity_key is not None:
-                    await core.devices.delete_trust(bare_jid, identity_key)
-                await core.devices.delete_device(bare_jid, device_id)
-            await core.devices.delete_device_ids(bare_jid)
-        for backend in list(self.__backends):
-            async with core.backend_locks.hold(backend.namespace):
-                await backend.purge_bare_jid(bare_jid)
-            await core.queue_lock.acquire()
-            try:
-                await core.queue.remove_bare_jid(backend.namespace, bare_jid)
-            finally:
-                core.queue_lock.release()
+        await _maintenance.purge_bare_jid(self._core, bare_jid)
 
     async def ensure_data_consistency(self) -> None:
         """Make the online data of every loaded backend match the local data.
@@ -326,20 +257,7 @@ class SessionManager(ABC):
             DeviceListUploadFailed: forwarded from ``_upload_device_list``.
             BundleUploadFailed: forwarded from ``_upload_bundle``.
         """
-        core = self._core
-        for backend in list(self.__backends):
-            namespace = backend.namespace
-            await core.refresh_device_list(namespace, core.own_bare_jid)
-            local = await backend.get_bundle(core.own_bare_jid, core.own_device_id)
-            try:
-                online: Optional[Bundle] = await self._download_bundle(
-                    namespace, core.own_bare_jid, core.own_device_id
-                )
-            except (BundleDownloadFailed, BundleNotFound):
-                online = None
-            if online is None or online != local:
-                _log.info("republishing the %s bundle", namespace)
-                await core.upload_bundle(backend)
+        await _maintenance.ensure_data_consistency(self._core)
 
     # -- abstract hooks: XMPP -----------------------------------------------------------------------
 
@@ -644,36 +562,7 @@ class SessionManager(ABC):
             may have left that session inconsistent; any other failure happened before anything
             changed.
         """
-        core = self._core
-        failures: Dict[str, OMEMOException] = {}
-        jid, device_id = device.bare_jid, device.device_id
-        for backend in list(self.__backends):
-            namespace = backend.namespace
-            async with core.session_locks.hold((namespace, jid, device_id)):
-                try:
-                    if await backend.load_session(jid, device_id) is None:
-                        continue
-                    bundle = await core.download_bundle(namespace, jid, device_id)
-                    await core.check_identity_key(bundle, device)
-                    content, plain_key_material = await backend.encrypt_empty()
-                    session, encrypted = await backend.build_session_active(
-                        jid, device_id, bundle, plain_key_material
-                    )
-                    message = Message(
-                        namespace,
-                        core.own_bare_jid,
-                        core.own_device_id,
-                        content,
-                        frozenset({(encrypted, session.key_exchange)}),
-                    )
-                    await self._send_message(message, jid)
-                    await core.store_session(backend, session)
-                except OMEMOException as exc:
-                    _log.debug(
-                        "replacing the session with %s failed: %s", describe(namespace, jid, device_id), exc
-                    )
-                    failures[namespace] = exc
-        return failures
+        return await _maintenance.replace_sessions(self._core, device)
 
     async def get_sending_chain_length(self, device: DeviceInformation) -> Dict[str, Optional[int]]:
         """Report the sending chain length of each session with a device (for staleness detection).
@@ -685,17 +574,7 @@ class SessionManager(ABC):
             Namespace (of each of the device's namespaces) -> sending chain length, or ``None`` where
             there is no session (or the backend is not loaded).
         """
-        core = self._core
-        result: Dict[str, Optional[int]] = {}
-        for namespace in sorted(device.namespaces):
-            try:
-                backend = core.backend(namespace)
-            except UnknownNamespace:
-                result[namespace] = None
-                continue
-            session = await backend.load_session(device.bare_jid, device.device_id)
-            result[namespace] = None if session is None else session.sending_chain_length
-        return result
+        return await _maintenance.get_sending_chain_length(self._core, device)
 
     # -- history synchronisation --------------------------------------------------------------------
 
@@ -718,38 +597,7 @@ class SessionManager(ABC):
             MessageSendingFailed: some queued empty messages could not be sent (the message names them;
                 the first failure is the ``__cause__``).
         """
-        core = self._core
-        core.history_sync = False
-        for backend in list(self.__backends):
-            async with core.backend_locks.hold(backend.namespace):
-                await backend.delete_hidden_pre_keys()
-        failures: List[Tuple[str, str, int, Exception]] = []
-        for backend in list(self.__backends):
-            namespace = backend.namespace
-            await core.queue_lock.acquire()
-            try:
-                entries = await core.queue.entries(namespace)
-            finally:
-                core.queue_lock.release()
-            for jid, device_id in entries:
-                async with core.session_locks.hold((namespace, jid, device_id)):
-                    session = await backend.load_session(jid, device_id)
-                    try:
-                        if session is not None:
-                            await core.send_empty_message(backend, session)
-                    except MessageSendingFailed as exc:
-                        failures.append((namespace, jid, device_id, exc))
-                        continue
-                    await core.queue_lock.acquire()
-                    try:
-                        await core.queue.remove(namespace, jid, device_id)
-                    finally:
-                        core.queue_lock.release()
-        if failures:
-            names = "; ".join(describe(ns, jid, dev) for ns, jid, dev, _ in failures)
-            raise MessageSendingFailed(f"queued empty messages could not be sent to: {names}") from failures[
-                0
-            ][3]
+        await _maintenance.after_history_sync(self._core)
 
     # -- encryption ---------------------------------------------------------------------------------
 
