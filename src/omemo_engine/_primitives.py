@@ -95,10 +95,23 @@ def x25519(private: bytes, public: bytes) -> bytes:
         raise InvalidKey("X25519 with this public key gives the all-zero secret (small order)") from None
 
 
+def _aes_cbc(key: bytes, iv: bytes) -> Cipher[modes.CBC]:
+    try:
+        return Cipher(algorithms.AES(key), modes.CBC(iv))
+    except ValueError:
+        raise InvalidKey(
+            f"AES-CBC needs a 16, 24 or 32-byte key and a 16-byte IV, got {len(key)} and {len(iv)}"
+        ) from None
+
+
 def aes_cbc_encrypt(key: bytes, iv: bytes, plaintext: bytes) -> bytes:
-    """AES-CBC with PKCS#7 padding (the key length selects AES-128/192/256)."""
+    """AES-CBC with PKCS#7 padding (the key length selects AES-128/192/256).
+
+    Raises:
+        InvalidKey: the key is not 16, 24 or 32 bytes, or the IV not 16.
+    """
     pad = _BLOCK - len(plaintext) % _BLOCK
-    encryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
+    encryptor = _aes_cbc(key, iv).encryptor()
     return encryptor.update(plaintext + bytes((pad,)) * pad) + encryptor.finalize()
 
 
@@ -107,10 +120,11 @@ def aes_cbc_decrypt(key: bytes, iv: bytes, ciphertext: bytes) -> bytes:
 
     Raises:
         AuthenticationFailed: the ciphertext is not a whole number of blocks or the padding is bad.
+        InvalidKey: the key is not 16, 24 or 32 bytes, or the IV not 16.
     """
     if not ciphertext or len(ciphertext) % _BLOCK:
         raise AuthenticationFailed("AES-CBC ciphertext length is not a positive multiple of 16")
-    decryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).decryptor()
+    decryptor = _aes_cbc(key, iv).decryptor()
     padded = decryptor.update(ciphertext) + decryptor.finalize()
     pad = padded[-1]
     if not 1 <= pad <= _BLOCK or not constant_time_equal(padded[-pad:], bytes((pad,)) * pad):
@@ -119,8 +133,17 @@ def aes_cbc_decrypt(key: bytes, iv: bytes, ciphertext: bytes) -> bytes:
 
 
 def aes_gcm_encrypt(key: bytes, iv: bytes, plaintext: bytes) -> tuple[bytes, bytes]:
-    """AES-GCM without associated data; returns ``(ciphertext, 16-byte tag)``."""
-    sealed = AESGCM(key).encrypt(iv, plaintext, None)
+    """AES-GCM without associated data; returns ``(ciphertext, 16-byte tag)``.
+
+    Raises:
+        InvalidKey: the key is not 16, 24 or 32 bytes, or the IV is not 8 to 128 bytes.
+    """
+    try:
+        sealed = AESGCM(key).encrypt(iv, plaintext, None)
+    except ValueError:
+        raise InvalidKey(
+            f"AES-GCM needs a 16, 24 or 32-byte key and an 8 to 128-byte IV, got {len(key)} and {len(iv)}"
+        ) from None
     return sealed[:-16], sealed[-16:]
 
 

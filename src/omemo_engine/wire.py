@@ -101,7 +101,11 @@ class WireFormat(Protocol):
         ...
 
     def build_key_exchange(self, fields: KeyExchangeFields, message: bytes) -> bytes:
-        """Wrap a sealed ratchet message into a key-exchange message."""
+        """Wrap a sealed ratchet message into a key-exchange message.
+
+        Raises:
+            MalformedMessage: ``message`` cannot be embedded (OMEMO 2: not an OMEMOAuthenticatedMessage).
+        """
         ...
 
     def parse_key_exchange(self, data: bytes) -> tuple[KeyExchangeFields, bytes]:
@@ -181,7 +185,10 @@ class OMEMO2Wire:
             ik=fields.identity_key,
             ek=fields.ephemeral_key,
         )
-        kex.message.MergeFromString(message)
+        try:
+            kex.message.MergeFromString(message)
+        except DecodeError:
+            raise MalformedMessage("the message to wrap is not an OMEMOAuthenticatedMessage") from None
         return bytes(kex.SerializeToString())
 
     def parse_key_exchange(self, data: bytes) -> tuple[KeyExchangeFields, bytes]:

@@ -206,9 +206,15 @@ def verify(ed25519_pub: bytes, message: bytes, signature: bytes) -> None:
 
 
 def embed_sign_bit(signature: bytes, ed25519_pub: bytes) -> bytes:
-    """libsignal convention: store the Ed25519 key's sign bit in the top bit of ``signature[63]``."""
+    """libsignal convention: store the Ed25519 key's sign bit in the top bit of ``signature[63]``.
+
+    Raises:
+        InvalidSignature: the signature is not 64 bytes.
+        InvalidKey: the key is not 32 bytes.
+    """
     if len(signature) != SIGNATURE_LENGTH:
         raise InvalidSignature(f"signature must be {SIGNATURE_LENGTH} bytes, got {len(signature)}")
+    _check("Ed25519 public key", ed25519_pub)
     return signature[:63] + bytes((signature[63] | (ed25519_pub[31] & 0x80),))
 
 
