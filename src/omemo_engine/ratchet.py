@@ -64,6 +64,10 @@ _STATE_VERSION = 1
 _COUNTERS = struct.Struct(">III")
 _U32 = struct.Struct(">I")
 _SKIPPED_ENTRY = struct.Struct(">32sI32s")
+# Flag bits of the record: initiator, has other ratchet key, has sending chain, has receiving chain.
+_KNOWN_FLAGS = 0x0F
+_KEY = 32
+_MAX_AD = 255  # the record stores the associated data's length in one byte (it is 64 or 66)
 
 SkippedKeys = Mapping[tuple[bytes, int], bytes]
 
@@ -177,6 +181,10 @@ class RatchetState:
             skipped = {(pub, n): mk for pub, n, mk in _SKIPPED_ENTRY.iter_unpack(data[pos:])}
         except (IndexError, struct.error):
             raise InvalidState("ratchet state record is truncated") from None
+        if flags & ~_KNOWN_FLAGS:
+            raise InvalidState(f"ratchet state record has unknown flags 0x{flags:02x}")
+        if len(skipped) != count:
+            raise InvalidState("ratchet state record lists a skipped message key twice")
         if len(ad) != ad_len:
             raise InvalidState("ratchet state record is truncated")
         counters = (sending_n, recv, receiving_n, pn)
@@ -193,6 +201,14 @@ def _message_keys(profile: Profile, message_key: bytes) -> tuple[bytes, bytes, b
     return out[:32], out[32:64], out[64:]
 
 
+def _check_session_inputs(shared_secret: bytes, associated_data: bytes, *keys: bytes) -> None:
+    for key in (shared_secret, *keys):
+        if len(key) != _KEY:
+            raise InvalidKey(f"ratchet keys and the shared secret must be {_KEY} bytes, got {len(key)}")
+    if len(associated_data) > _MAX_AD:
+        raise InvalidKey(f"associated data must be at most {_MAX_AD} bytes, got {len(associated_data)}")
+
+
 def initialize_active(
     profile: Profile,
     shared_secret: bytes,
@@ -203,7 +219,12 @@ def initialize_active(
     """The initiator's state after X3DH: a fresh ratchet key and a sending chain.
 
     The peer's signed pre key serves as its first ratchet key (Signal's ``RatchetInitAlice``).
+
+    Raises:
+        InvalidKey: a key (or the RNG's output) has the wrong length, the associated data is longer
+            than 255 bytes, or the signed pre key is of small order.
     """
+    _check_session_inputs(shared_secret, associated_data)
     priv = random_bytes(32)
     root, chain = _root_step(profile, shared_secret, x25519(priv, other_signed_pre_key))
     return RatchetState(
@@ -219,8 +240,13 @@ def initialize_passive(
     signed_pre_key_pub: bytes,
 ) -> RatchetState:
     """The responder's state after X3DH: its signed pre key is its first ratchet key, no chains yet
-    (Signal's ``RatchetInitBob``); the first received message performs the first DH step."""
+    (Signal's ``RatchetInitBob``); the first received message performs the first DH step.
+
+    Raises:
+        InvalidKey: a key has the wrong length or the associated data is longer than 255 bytes.
+    """
     del profile  # same for both namespaces; kept for symmetry with initialize_active
+    _check_session_inputs(shared_secret, associated_data, signed_pre_key_priv, signed_pre_key_pub)
     return RatchetState(
         False,
         associated_data,
