@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from . import xeddsa
-from ._primitives import hkdf_sha256, x25519, x25519_public
+from ._primitives import KEY_LENGTH, hkdf_sha256, x25519, x25519_public
 from .errors import InvalidKey, InvalidSignature, KeyExchangeError
 from .profile import Profile
 
@@ -106,6 +106,14 @@ def _uniform_index(size: int, random_bytes: Callable[[int], bytes]) -> int:
             return value % size
 
 
+def _check_own_keys(**keys: bytes | None) -> None:
+    # Our own keys come from our storage, not from the network: a wrong length is local misuse
+    # (InvalidKey, a ValueError), not a failed key exchange with the peer.
+    for name, key in keys.items():
+        if key is not None and len(key) != KEY_LENGTH:
+            raise InvalidKey(f"{name} must be {KEY_LENGTH} bytes, got {len(key)}")
+
+
 def _derive(profile: Profile, dh1: bytes, dh2: bytes, dh3: bytes, dh4: bytes) -> bytes:
     return hkdf_sha256(_PADDING + dh1 + dh2 + dh3 + dh4, _SALT, profile.x3dh_info, _SHARED_SECRET_LENGTH)
 
@@ -135,7 +143,11 @@ def active(
 
     Raises:
         KeyExchangeError: bad signature, no one-time pre keys, or an invalid public key.
+        InvalidKey: one of our own keys has the wrong length (local misuse).
     """
+    _check_own_keys(
+        identity_priv=identity_priv, identity_key=identity_key, identity_key_curve=identity_key_curve
+    )
     verify_bundle(profile, bundle)
     ephemeral_priv = random_bytes(32)
     ids = sorted(bundle.pre_keys)
@@ -197,7 +209,15 @@ def passive(
 
     Raises:
         KeyExchangeError: an invalid public key.
+        InvalidKey: one of our own keys has the wrong length (local misuse).
     """
+    _check_own_keys(
+        identity_priv=identity_priv,
+        identity_key=identity_key,
+        signed_pre_key_priv=signed_pre_key_priv,
+        pre_key_priv=pre_key_priv,
+        identity_key_curve=identity_key_curve,
+    )
     try:
         other_curve = other_identity_key_curve or xeddsa.ed25519_pub_to_curve25519_pub(other_identity_key)
         shared_secret = _derive(
