@@ -19,7 +19,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Tuple, Union
 
 import pytest
 
@@ -31,7 +31,7 @@ from omemo._engine_backend import EngineBackend, EngineSession
 from omemo.message import Content, EncryptedKeyMaterial, KeyExchange, Message
 from omemo.session import Initiation
 from omemo.storage import Maybe, Storage
-from omemo.storages import MemoryStorage
+from omemo.storages import MemoryStorage, SQLiteStorage
 from omemo.types import JSONType
 
 __all__ = [
@@ -69,13 +69,14 @@ class Write:
 
 
 class CountingStorage(Storage):
-    """Records every ``_store``/``_delete`` and forwards everything to a ``MemoryStorage(serialize=True)``.
+    """Records every ``_store``/``_delete`` and forwards everything to an inner storage
+    (``MemoryStorage(serialize=True)`` unless given).
 
     The base-class cache is off, so every load reaches the inner storage too (a backend that only
     works thanks to a cache would be caught).
     """
 
-    def __init__(self, inner: Optional[MemoryStorage] = None) -> None:
+    def __init__(self, inner: Optional[Union[MemoryStorage, SQLiteStorage]] = None) -> None:
         super().__init__(disable_cache=True)
         self.inner = inner if inner is not None else MemoryStorage(serialize=True)
         self.writes: list[Write] = []
@@ -91,7 +92,7 @@ class CountingStorage(Storage):
         self.writes.append(Write("delete", key, 0))
         await self.inner.delete(key)
 
-    def keys(self) -> set[str]:
+    def stored_keys(self) -> set[str]:
         """Every key currently stored."""
         return set(self.inner.snapshot())
 

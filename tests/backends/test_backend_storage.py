@@ -1,0 +1,255 @@
+"""What the backends write to the storage, and when (issue "Backends" §2: storage writes).
+
+Every write is counted by :class:`~tests.backends.conftest.CountingStorage` (one entry per
+``_store``/``_delete`` that reaches the storage, with the length of the stored JSON). The contract:
+
+- a steady-state encrypt (``encrypt_key_material`` + ``store_session``) and a steady-state decrypt
+  (``decrypt_key_material`` + ``store_session``) write at most one record each;
+- building sessions, encrypting, decrypting, loading and reading the bundle write nothing (only
+  ``store_session`` persists a session, and key-state methods persist only when they change keys);
+- the backend writes only below ``/{namespace}/`` (and the shared ``/ikp/`` on first use).
+
+The measured numbers are printed (run with ``-s`` to see them).
+"""
+
+from __future__ import annotations
+
+import statistics
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from omemo._engine_backend import EngineBackend, EngineSession
+from omemo.message import Content, EncryptedKeyMaterial, Message
+from omemo.storages import SQLiteStorage
+
+from .conftest import (
+    CountingStorage,
+    Device,
+    Write,
+    establish,
+    exchange,
+    key_for,
+    make_device,
+    send,
+    transmit,
+)
+
+# -- helpers ------------------------------------------------------------------------------------------
+
+
+async def load(device: Device, peer: Device) -> EngineSession:
+    session = await device.backend.load_session(peer.bare_jid, peer.device_id)
+    assert isinstance(session, EngineSession)
+    return session
+
+
+def summary(writes: list[Write]) -> tuple[int, int]:
+    """(number of writes, bytes written)."""
+    return len(writes), sum(w.size for w in writes)
+
+
+async def steady_state_round(
+    sender: Device, recipient: Device, plaintext: bytes
+) -> tuple[list[Write], list[Write]]:
+    """One message in steady state; returns the writes of the sender's encrypt and the recipient's
+    decrypt (each: load, key material, store_session)."""
+    sender.storage.reset()
+    recipient.storage.reset()
+    s_session = await load(sender, recipient)
+    content, key_material = await sender.backend.encrypt_plaintext(plaintext)
+    encrypted = await sender.backend.encrypt_key_material(s_session, key_material)
+    await sender.backend.store_session(s_session)
+    encrypt_writes = list(sender.storage.writes)
+
+    message, _ = await _transmit(sender, recipient, content, encrypted)
+    enc, kex = key_for(message, recipient)
+    assert kex is None
+    r_session = await load(recipient, sender)
+    plain = await recipient.backend.decrypt_key_material(r_session, enc)
+    await recipient.backend.store_session(r_session)
+    decrypt_writes = list(recipient.storage.writes)
+    assert await recipient.backend.decrypt_plaintext(message.content, plain) == plaintext
+    return encrypt_writes, decrypt_writes
+
+
+async def _transmit(
+    sender: Device, recipient: Device, content: Content, encrypted: EncryptedKeyMaterial
+) -> tuple[Message, ET.Element]:
+    return await transmit(sender, recipient, content, [(encrypted, None)])
+
+
+# -- steady state ---------------------------------------------------------------------------------------
+
+
+async def test_steady_state_writes_per_encrypt_and_decrypt(alice: Device, bob: Device) -> None:
+    await establish(alice, bob)
+    await exchange(alice, bob, b"warm up")
+    await exchange(bob, alice, b"warm up")
+
+    results: dict[str, list[tuple[int, int]]] = {"encrypt": [], "decrypt": []}
+    # Same direction (symmetric ratchet only) and alternating (a DH ratchet step every message).
+    pattern = [(alice, bob)] * 5 + [(bob, alice), (alice, bob)] * 5
+    for i, (sender, recipient) in enumerate(pattern):
+        encrypt_writes, decrypt_writes = await steady_state_round(sender, recipient, b"message %d" % i)
+        for kind, writes in (("encrypt", encrypt_writes), ("decrypt", decrypt_writes)):
+            assert len(writes) <= 1, (kind, writes)
+            assert all(w.op == "store" and "/session/" in w.key for w in writes), writes
+            results[kind].append(summary(writes))
+
+    name = alice.backend.namespace
+    for kind, values in results.items():
+        counts = [c for c, _ in values]
+        sizes = [b for _, b in values]
+        print(
+            f"\n[{name}] steady-state {kind}: writes per message max={max(counts)}, "
+            f"bytes per message min={min(sizes)} median={statistics.median(sizes)} max={max(sizes)}"
+        )
+        assert max(counts) == 1  # the session record itself
+
+
+async def test_steady_state_with_skipped_keys_still_one_write(alice: Device, bob: Device) -> None:
+    await establish(alice, bob)
+    a_session = await load(alice, bob)
+    sent = [await send(alice, bob, a_session, b"m%d" % i) for i in range(6)]
+    await alice.backend.store_session(a_session)
+    sizes = []
+    for i in (5, 0, 3, 1, 2, 4):  # out of order: skipped keys stored, then consumed
+        message, enc, _ = sent[i]
+        bob.storage.reset()
+        b_session = await load(bob, alice)
+        plain = await bob.backend.decrypt_key_material(b_session, enc)
+        await bob.backend.store_session(b_session)
+        assert await bob.backend.decrypt_plaintext(message.content, plain) == b"m%d" % i
+        assert len(bob.storage.writes) == 1
+        sizes.append(bob.storage.writes[0].size)
+    print(
+        f"\n[{bob.backend.namespace}] out-of-order decrypts (5, 4, ..., 0 skipped keys left in the"
+        f" session): bytes per write {sizes}"
+    )
+    assert sizes[-1] < sizes[0]  # consumed skipped keys leave the record
+
+
+async def test_building_encrypting_decrypting_write_nothing(alice: Device, bob: Device) -> None:
+    bundle = await bob.backend.get_bundle(bob.bare_jid, bob.device_id)
+    alice.storage.reset()
+    bob.storage.reset()
+    content, key_material = await alice.backend.encrypt_plaintext(b"x")
+    a_session, encrypted = await alice.backend.build_session_active(
+        bob.bare_jid, bob.device_id, bundle, key_material
+    )
+    assert isinstance(a_session, EngineSession)
+    message, _ = await _transmit(alice, bob, content, encrypted)
+    enc, _ = key_for(message, bob)
+    kex = a_session.key_exchange
+    b_session, _ = await bob.backend.build_session_passive(alice.bare_jid, alice.device_id, kex, enc)
+    empty, empty_key = await bob.backend.encrypt_empty()
+    reply = await bob.backend.encrypt_key_material(b_session, empty_key)
+    reply_message, _ = await _transmit(bob, alice, empty, reply)
+    await alice.backend.decrypt_key_material(a_session, key_for(reply_message, alice)[0])
+    await alice.backend.load_session(bob.bare_jid, bob.device_id)
+    for device in (alice, bob):
+        await device.backend.get_bundle(device.bare_jid, device.device_id)
+        await device.backend.get_num_visible_pre_keys()
+        await device.backend.signed_pre_key_age()
+    assert alice.storage.writes == []
+    assert bob.storage.writes == []
+
+
+async def test_first_store_session_writes_the_index_once(backend_cls: type[EngineBackend]) -> None:
+    alice = await make_device(backend_cls, "alice@example.org", 1)
+    bob2 = await make_device(backend_cls, "bob@example.org", 2, pre_keys=2)
+    bob3 = await make_device(backend_cls, "bob@example.org", 3, pre_keys=2)
+    ns = alice.backend.namespace
+
+    a_session, _ = await establish(alice, bob2, reply=False)
+    # establish stored the session once: the record, the list of JIDs and the JID's device list.
+    assert sorted(w.key for w in alice.storage.writes) == sorted(
+        [f"/{ns}/session/bob@example.org/2", f"/{ns}/session-jids", f"/{ns}/session-devices/bob@example.org"]
+    )
+    alice.storage.reset()
+    await establish(alice, bob3, reply=False)  # a new device of a known JID
+    assert sorted(w.key for w in alice.storage.writes) == sorted(
+        [f"/{ns}/session/bob@example.org/3", f"/{ns}/session-devices/bob@example.org"]
+    )
+    alice.storage.reset()
+    await alice.backend.store_session(a_session)  # replacing a stored session: the record only
+    assert [w.key for w in alice.storage.writes] == [f"/{ns}/session/bob@example.org/2"]
+    alice.restart()  # the index is read from storage
+    alice.storage.reset()
+    await alice.backend.store_session(a_session)
+    assert [w.key for w in alice.storage.writes] == [f"/{ns}/session/bob@example.org/2"]
+
+
+async def test_key_state_writes(alice: Device, bob: Device) -> None:
+    storage = bob.storage
+    backend = bob.backend
+
+    async def writes_of(coro: object) -> int:
+        storage.reset()
+        await coro  # type: ignore[misc]
+        return len(storage.writes)
+
+    assert await writes_of(backend.generate_pre_keys(100)) == 1
+    assert await writes_of(backend.rotate_signed_pre_key()) == 1
+    _, b1 = await establish(alice, bob, reply=False)
+    assert await writes_of(backend.hide_pre_key(b1)) == 1
+    assert await writes_of(backend.hide_pre_key(b1)) == 0  # returned False: nothing changed
+    assert await writes_of(backend.delete_hidden_pre_keys()) == 1
+    assert await writes_of(backend.delete_hidden_pre_keys()) == 0
+    assert await writes_of(backend.delete_pre_key(b1)) == 0
+    alice2 = await make_device(type(backend), "alice@example.org", 5, pre_keys=0)
+    _, b2 = await establish(alice2, bob, reply=False)
+    assert await writes_of(backend.delete_pre_key(b2)) == 1
+    visible = await backend.get_num_visible_pre_keys()
+    print(f"\n[{backend.namespace}] key state record with {visible} pre keys: {storage.writes[0].size} bytes")
+
+
+async def test_backend_writes_only_its_own_keys(alice: Device, bob: Device) -> None:
+    await establish(alice, bob)
+    await exchange(alice, bob, b"x")
+    await bob.backend.rotate_signed_pre_key()
+    ns = alice.backend.namespace
+    for device in (alice, bob):
+        assert all(k.startswith((f"/{ns}/", "/ikp/")) for k in device.storage.stored_keys()), (
+            device.storage.stored_keys()
+        )
+    # The session records contain no JSON-visible key material other than base64 bytes.
+    assert all(isinstance(v, str) for k, v in alice.storage.snapshot().items() if "/session/" in k)
+
+
+async def test_purge_only_deletes(alice: Device, bob: Device) -> None:
+    await establish(alice, bob)
+    alice.storage.reset()
+    await alice.backend.purge_bare_jid("nobody@example.org")
+    assert alice.storage.writes == []
+    await alice.backend.purge()
+    assert {w.op for w in alice.storage.writes} == {"delete"}
+    assert not [k for k in alice.storage.stored_keys() if k.startswith(f"/{alice.backend.namespace}/")]
+
+
+@pytest.mark.parametrize("restart_after", [1, 2, 5])
+async def test_restart_on_sqlite(
+    backend_cls: type[EngineBackend], tmp_path: Path, restart_after: int
+) -> None:
+    """Sessions and keys survive closing and reopening a real database file mid-conversation."""
+    paths = {"alice": tmp_path / "alice.db", "bob": tmp_path / "bob.db"}
+    stores = {name: SQLiteStorage(path) for name, path in paths.items()}
+    alice = await make_device(backend_cls, "alice@example.org", 1, storage=CountingStorage(stores["alice"]))
+    bob = await make_device(backend_cls, "bob@example.org", 2, storage=CountingStorage(stores["bob"]))
+    await establish(alice, bob)
+    try:
+        for i in range(6):
+            if i % restart_after == 0:
+                for name, device in (("alice", alice), ("bob", bob)):
+                    stores[name].close()
+                    stores[name] = SQLiteStorage(paths[name])
+                    device.storage = CountingStorage(stores[name])
+                    device.restart()
+            await exchange(alice, bob, b"a%d" % i)
+            await exchange(bob, alice, b"b%d" % i)
+        assert await bob.backend.get_num_visible_pre_keys() == 100
+    finally:
+        for store in stores.values():
+            store.close()
