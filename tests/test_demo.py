@@ -1,0 +1,40 @@
+"""The demo (the README's first command) runs, and a second run continues from the stored state."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+DEMO = Path(__file__).parent.parent / "examples" / "demo.py"
+
+
+def load_demo() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("omemo_demo", DEMO)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["omemo_demo"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_demo_runs_twice_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    demo = load_demo()
+    data = tmp_path / "data"
+    assert demo.main(["--data-dir", str(data)]) == 0
+    first = capsys.readouterr().out
+    assert "First run" in first
+    assert "with a key exchange" in first
+    assert first.count("decrypted from") >= 15
+    assert "BLINDLY_TRUSTED" in first
+    assert 'xmlns="eu.siacs.conversations.axolotl"' in first and 'xmlns="urn:xmpp:omemo:2"' in first
+    assert "!" not in "".join(line for line in first.splitlines() if line.startswith("  !"))
+
+    assert demo.main(["--data-dir", str(data)]) == 0
+    second = capsys.readouterr().out
+    assert "Continuing from the stored state" in second
+    assert "with a key exchange" not in second
+    assert second.count("decrypted from") == first.count("decrypted from")
