@@ -243,6 +243,7 @@ class Peer:
         self.backends: List[str] = []
         self.namespaces: List[str] = []
         self.hello: Dict[str, Any] = {}
+        self.last_elapsed = 0.0  # seconds spent inside the last successful command, in the peer
         self._create_args: Dict[str, Any] = {}
         self._env = dict(env or {})
         self._generation = 0
@@ -282,7 +283,11 @@ class Peer:
                 bufsize=0,
             )
         self._buffer = b""
-        self.hello = self.call("hello")
+        try:
+            self.hello = self.call("hello")
+        except BaseException:
+            self.stop(kill=True)
+            raise
 
     def stop(self, *, kill: bool = False) -> None:
         """End the process: politely with ``exit``, or with SIGKILL (a crash; storage survives).
@@ -375,6 +380,7 @@ class Peer:
             raise self._fail(f"answered a non-JSON line: {line[:200]!r}") from None
         if response.get("id") != request_id:
             raise self._fail(f"answered id {response.get('id')!r} to request {request_id}")
+        self.last_elapsed = float(response.get("elapsed", 0.0))
         events = response.get("events", {})
         self.publications.extend(events.get("publications", ()))
         self.outbox.extend(Stanza.from_wire(entry) for entry in events.get("outbox", ()))
@@ -657,7 +663,15 @@ class Network:
 # Flows
 
 
-def exchange(net: Network, sender: Peer, receiver: Peer, plaintext: bytes, *, flush: bool = True) -> Stanza:
+def exchange(
+    net: Network,
+    sender: Peer,
+    receiver: Peer,
+    plaintext: bytes,
+    *,
+    flush: bool = True,
+    priority: Optional[Sequence[str]] = None,
+) -> Stanza:
     """Send one message from ``sender`` to ``receiver``'s account and check every addressed device reads it.
 
     Args:
@@ -666,11 +680,12 @@ def exchange(net: Network, sender: Peer, receiver: Peer, plaintext: bytes, *, fl
         receiver: a device of the recipient account; it must be among the addressed devices.
         plaintext: the message.
         flush: deliver the automatic messages afterwards.
+        priority: the backend priority order for ``encrypt``.
 
     Returns:
         The message as sent.
     """
-    stanza = net.send(sender, [receiver.jid], plaintext)
+    stanza = net.send(sender, [receiver.jid], plaintext, priority=priority)
     results = net.broadcast(stanza)
     if receiver.name not in results:
         raise AssertionError(f"the message from {sender.name} has no key for {receiver.name}")

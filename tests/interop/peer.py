@@ -7,12 +7,14 @@ The same script runs under either interpreter: the project's virtualenv (importi
 Protocol: one JSON object per line.
 
 - request: ``{"id": N, "cmd": "NAME", "args": {...}}`` on stdin;
-- response: ``{"id": N, "ok": true, "result": ..., "events": {...}}`` or
+- response: ``{"id": N, "ok": true, "result": ..., "elapsed": SECONDS, "events": {...}}`` or
   ``{"id": N, "ok": false, "error": {"type", "module", "mro", "message", "cause", "traceback"},
   "events": {...}}`` on the original stdout. Anything a library prints goes to stderr instead.
 
-``events`` carries what the device did as a side effect of the command, drained with every
-response: ``publications`` (PEP items it published: device lists, bundles, bundle deletions),
+``elapsed`` is the time spent inside the command (for API-level benchmarks, without the RPC and
+the storage file write). ``events`` carries what the device did as a side effect of the command,
+drained with every response: ``publications`` (PEP items it published: device lists, bundles,
+bundle deletions),
 ``outbox`` (automatic messages the library sent through ``_send_message``) and ``warnings``
 (e.g. PEP data it could not parse). Only XML text produced by the backends' own ``etree``
 serialisers leaves the process.
@@ -53,6 +55,7 @@ import json
 import logging
 import os
 import sys
+import time
 import traceback
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -407,7 +410,9 @@ class Peer:
             args = request.get("args") or {}
             if not isinstance(args, dict):
                 raise PeerError("'args' must be a JSON object")
+            started = time.perf_counter()
             response["result"] = await handler(**args)
+            response["elapsed"] = time.perf_counter() - started
             response["ok"] = True
         except Exception as e:
             log.debug("command %r failed", request.get("cmd"), exc_info=True)

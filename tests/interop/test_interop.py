@@ -17,11 +17,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Sequence
 
 import pytest
 
 from .conftest import OURS_OVERRIDE_VARIABLE
 from .harness import (
+    NS_OLDMEMO,
+    NS_TWOMEMO,
     Network,
     Peer,
     PeerCommandError,
@@ -65,19 +68,34 @@ def backend(request: pytest.FixtureRequest) -> str:
     return name
 
 
-@pytest.fixture(params=["ours-first", "reference-first"])
+SIDES = ["ours-first", "reference-first"]
+
+
+def _make_pair(
+    network: Network,
+    our_python: Path,
+    reference_python: Path,
+    backends: Sequence[str],
+    side: str,
+    **options: Any,
+) -> Pair:
+    """alice (the initiator) is ours for ``ours-first``; ``options`` go to bob's ``create``."""
+    if side == "ours-first":
+        alice = network.add(our_python, "alice-ours", ALICE, backends)
+        bob = network.add(reference_python, "bob-reference", BOB, backends, **options)
+        _check_implementations(alice, bob)
+    else:
+        alice = network.add(reference_python, "alice-reference", ALICE, backends)
+        bob = network.add(our_python, "bob-ours", BOB, backends, **options)
+        _check_implementations(bob, alice)
+    return Pair(network, alice, bob)
+
+
+@pytest.fixture(params=SIDES)
 def pair(
     network: Network, our_python: Path, reference_python: Path, backend: str, request: pytest.FixtureRequest
 ) -> Pair:
-    if request.param == "ours-first":
-        alice = network.add(our_python, "alice-ours", ALICE, [backend])
-        bob = network.add(reference_python, "bob-reference", BOB, [backend])
-        _check_implementations(alice, bob)
-    else:
-        alice = network.add(reference_python, "alice-reference", ALICE, [backend])
-        bob = network.add(our_python, "bob-ours", BOB, [backend])
-        _check_implementations(bob, alice)
-    return Pair(network, alice, bob)
+    return _make_pair(network, our_python, reference_python, [backend], request.param)
 
 
 def _rejected(net: Network, stanza: Stanza, peer: Peer) -> PeerCommandError:
@@ -275,3 +293,54 @@ def test_multi_device_account(
 
     for peer in (alice_ref, alice_ours, bob):
         assert not peer.warnings, (peer.name, peer.warnings)
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_skipped_message_key_limits(
+    network: Network, our_python: Path, reference_python: Path, backend: str, side: str
+) -> None:
+    # bob (the receiver) keeps at most 10 skipped message keys per session (and per message).
+    pair = _make_pair(network, our_python, reference_python, [backend], side, max_skipped_per_session=10)
+    net, alice, bob = pair.network, pair.alice, pair.bob
+    first_contact(net, alice, bob)
+    # bob has read one message of alice's current chain, so messages[i] would skip i keys.
+    messages = [net.send(alice, [bob.jid], f"m{i}".encode()) for i in range(14)]
+
+    def read(i: int) -> None:
+        assert net.deliver(messages[i], bob).plaintext == f"m{i}".encode()
+
+    _rejected(net, messages[11], bob)  # 11 keys to skip > 10
+    read(10)  # exactly 10: allowed; bob now stores the keys of messages 0..9
+    read(13)  # skips 11 and 12: 12 stored keys > 10, the two oldest (0 and 1) are dropped
+    _rejected(net, messages[0], bob)
+    _rejected(net, messages[1], bob)
+    for i in (12, 2, 9, 11, 3, 4, 5, 6, 7, 8):
+        read(i)
+    net.flush_automatic()
+    conversation(net, bob, alice, 4, tag="after the skipped keys")
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_both_backends_loaded(network: Network, our_python: Path, reference_python: Path, side: str) -> None:
+    pair = _make_pair(network, our_python, reference_python, ["twomemo", "oldmemo"], side)
+    net, alice, bob = pair.network, pair.alice, pair.bob
+    for viewer, owner in [(alice, bob), (bob, alice)]:
+        seen = viewer.device(owner.jid, owner.device_id)
+        assert seen["namespaces"] == sorted([NS_TWOMEMO, NS_OLDMEMO])
+        assert seen["active"] == {NS_TWOMEMO: True, NS_OLDMEMO: True}
+
+    # Without a priority order the first loaded backend wins; with one, its first namespace.
+    assert exchange(net, alice, bob, b"default order").namespace == NS_TWOMEMO
+    legacy_first = [NS_OLDMEMO, NS_TWOMEMO]
+    assert exchange(net, alice, bob, b"legacy first", priority=legacy_first).namespace == NS_OLDMEMO
+    for i in range(3):
+        for sender, receiver in [(bob, alice), (alice, bob)]:
+            assert exchange(net, sender, receiver, f"omemo:2 #{i}".encode()).namespace == NS_TWOMEMO
+            text = f"legacy #{i}".encode()
+            assert exchange(net, sender, receiver, text, priority=legacy_first).namespace == NS_OLDMEMO
+    for peer in (alice, bob):
+        other = bob if peer is alice else alice
+        lengths = peer.call("get_sending_chain_length", jid=other.jid, device_id=other.device_id)
+        # A session in each namespace (None would mean none).
+        assert set(lengths) == {NS_TWOMEMO, NS_OLDMEMO}, lengths
+        assert all(isinstance(length, int) for length in lengths.values()), lengths
