@@ -28,7 +28,7 @@ last call when the test awaits :meth:`InMemoryXMPP.flush_notifications`.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple, Type, TypeVar, cast
 
@@ -260,12 +260,15 @@ class InMemoryXMPP:
 
     # -- session manager binding --------------------------------------------------------------------
 
-    def session_manager_class(self, bare_jid: str, base: Type[SessionManagerT]) -> Type[SessionManagerT]:
+    def session_manager_class(
+        self, bare_jid: str, base: Callable[..., SessionManagerT]
+    ) -> Type[SessionManagerT]:
         """Derive a session manager class whose XMPP hooks act as ``bare_jid`` on this network.
 
         Args:
             bare_jid: the account the manager runs as.
-            base: a subclass of :class:`SessionManager` that implements the trust hooks.
+            base: a subclass of :class:`SessionManager` that implements the trust hooks (typed as a
+                callable only so that abstract classes type-check).
 
         Returns:
             The derived class; use its ``create``.
@@ -297,5 +300,5 @@ class InMemoryXMPP:
             async def _send_message(message: Message, recipient: str) -> None:
                 await network.send_message(message, recipient)
 
-        _Bound.__name__ = _Bound.__qualname__ = f"InMemory{base.__name__}"
+        _Bound.__name__ = _Bound.__qualname__ = f"InMemory{getattr(base, '__name__', 'SessionManager')}"
         return cast(Type[SessionManagerT], _Bound)

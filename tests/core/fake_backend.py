@@ -327,6 +327,11 @@ class FakeSession(Session):
 class FakeBackend(Backend):
     """The toy backend (2.x style: supports signed labels)."""
 
+    @staticmethod
+    def choose_pre_key(pre_keys: List[Tuple[int, bytes]]) -> Tuple[int, bytes]:
+        """Pick the pre key of an active key exchange (tests may replace this)."""
+        return secrets.choice(pre_keys)
+
     def __init__(
         self,
         storage: Storage,
@@ -430,7 +435,7 @@ class FakeBackend(Backend):
             ) from exc
         if not bundle.pre_keys:
             raise KeyExchangeFailed(f"the bundle of device {device_id} has no pre keys")
-        pk_id, pk_pub = secrets.choice(sorted(bundle.pre_keys))
+        pk_id, pk_pub = self.choose_pre_key(sorted(bundle.pre_keys))
         own_ik, _ = await self._identity()
         ephemeral = os.urandom(32)
         secret = _h(b"x3dh", own_ik, bundle.identity_key, ephemeral, bundle.spk_pub, pk_pub)
