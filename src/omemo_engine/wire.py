@@ -32,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, EncodeError
 
 from ._primitives import hmac_sha256
 from ._protobuf import build_messages
@@ -187,9 +187,9 @@ class OMEMO2Wire:
         )
         try:
             kex.message.MergeFromString(message)
-        except DecodeError:
+            return bytes(kex.SerializeToString())
+        except (DecodeError, EncodeError):
             raise MalformedMessage("the message to wrap is not an OMEMOAuthenticatedMessage") from None
-        return bytes(kex.SerializeToString())
 
     def parse_key_exchange(self, data: bytes) -> tuple[KeyExchangeFields, bytes]:
         kex = _parse(_O2_KEX, data, "OMEMOKeyExchange")
@@ -199,7 +199,11 @@ class OMEMO2Wire:
             identity_key=_check_key("OMEMOKeyExchange.ik", kex.ik),
             ephemeral_key=_check_key("OMEMOKeyExchange.ek", kex.ek),
         )
-        return fields, bytes(kex.message.SerializeToString())
+        # The protobuf runtime does not enforce "required" on parsing. An absent message is refused
+        # here; an incomplete one is serialised partially and refused by open().
+        if not kex.HasField("message"):
+            raise MalformedMessage("OMEMOKeyExchange has no message")
+        return fields, bytes(kex.message.SerializePartialToString())
 
 
 _LEGACY = build_messages(
