@@ -456,9 +456,33 @@ def test_omemo2_wire_field_checks() -> None:
             wire.OMEMO2_WIRE.parse_key_exchange(kex)
 
 
-def test_omemo2_build_key_exchange_refuses_a_non_message() -> None:
+@pytest.mark.parametrize(
+    "message", [b"\xff\xff not protobuf", b"", b"\x0a\x00"], ids=["garbage", "empty", "no-message"]
+)
+def test_omemo2_build_key_exchange_refuses_a_non_message(message: bytes) -> None:
     with pytest.raises(MalformedMessage):
-        OMEMO2.wire.build_key_exchange(KeyExchangeFields(1, 1, K32, K32), b"\xff\xff not protobuf")
+        OMEMO2.wire.build_key_exchange(KeyExchangeFields(1, 1, K32, K32), message)
+
+
+@pytest.mark.parametrize(
+    "embedded", [None, b"", b"\x0a\x10" + bytes(16)], ids=["absent", "empty", "no-message"]
+)
+def test_omemo2_key_exchange_with_an_incomplete_message(embedded: bytes | None) -> None:
+    # Regression: the nested OMEMOAuthenticatedMessage lacking its required fields made
+    # parse_key_exchange leak protobuf's EncodeError. Now the embedded bytes come out as they are
+    # and open() rejects them.
+    from omemo_engine import wire
+
+    kex = wire._O2_KEX(pk_id=1, spk_id=1, ik=K32, ek=K32).SerializePartialToString()
+    if embedded is None:
+        with pytest.raises(MalformedMessage, match="no message"):
+            OMEMO2.wire.parse_key_exchange(kex)
+        return
+    kex += b"\x2a" + bytes((len(embedded),)) + embedded
+    _fields, message = OMEMO2.wire.parse_key_exchange(kex)
+    assert message == embedded
+    with pytest.raises(MalformedMessage):
+        OMEMO2.wire.open(message)
 
 
 def test_legacy_wire_field_checks() -> None:
