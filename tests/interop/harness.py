@@ -624,7 +624,6 @@ class Network:
             for peer in self.peers
             if peer.alive
             and (peer.jid, peer.device_id) != (stanza.sender_jid, stanza.sender_device)
-            and peer.namespaces
             and stanza.namespace in peer.namespaces
             and (stanza.to is None or peer.jid == stanza.to)
             and stanza.is_addressed_to(peer.jid, peer.device_id)

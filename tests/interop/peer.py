@@ -653,7 +653,13 @@ async def _serve(rpc_in: Any, rpc_out: Any) -> None:
             response: Dict[str, Any] = {"id": None, "ok": False, "error": _error(e), "events": {}}
         else:
             response = await peer.handle(request)
-        rpc_out.write(json.dumps(response) + "\n")
+        try:
+            text = json.dumps(response)
+        except (TypeError, ValueError) as e:  # a result that is not JSON: report it, keep serving
+            text = json.dumps(
+                {"id": response["id"], "ok": False, "error": _error(e), "events": response["events"]}
+            )
+        rpc_out.write(text + "\n")
         rpc_out.flush()
     await peer.cmd_shutdown()
 

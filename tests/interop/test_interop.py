@@ -344,3 +344,24 @@ def test_both_backends_loaded(network: Network, our_python: Path, reference_pyth
         # A session in each namespace (None would mean none).
         assert set(lengths) == {NS_TWOMEMO, NS_OLDMEMO}, lengths
         assert all(isinstance(length, int) for length in lengths.values()), lengths
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_history_sync_defers_the_automatic_reply(
+    network: Network, our_python: Path, reference_python: Path, backend: str, side: str
+) -> None:
+    pair = _make_pair(network, our_python, reference_python, [backend], side, stay_in_history_sync=True)
+    net, alice, bob = pair.network, pair.alice, pair.bob
+    catch_up = [net.send(alice, [bob.jid], f"while bob was offline {i}".encode()) for i in range(3)]
+    assert all(stanza.has_key_exchange(bob.jid, bob.device_id) for stanza in catch_up)
+    for i, stanza in enumerate(catch_up):
+        assert net.deliver(stanza, bob).plaintext == f"while bob was offline {i}".encode()
+    assert not bob.outbox, "automatic replies must wait for the end of the history synchronisation"
+
+    bob.call("after_history_sync")
+    notices = bob.take_outbox()
+    assert len(notices) == 1 and notices[0].to == alice.jid and not notices[0].has_payload, notices
+    assert net.deliver(notices[0], alice).plaintext is None
+    stanza = exchange(net, alice, bob, b"live again")
+    assert not stanza.has_key_exchange(bob.jid, bob.device_id)
+    conversation(net, bob, alice, 4, tag="after the history sync")
