@@ -26,6 +26,8 @@ from omemo_engine._primitives import (
     aes_cbc_encrypt,
     aes_gcm_decrypt,
     aes_gcm_encrypt,
+    hkdf_sha256,
+    hmac_sha256,
     x25519,
     x25519_public,
 )
@@ -643,3 +645,24 @@ def test_error_messages_hide_keys(profile: Profile) -> None:
             pair.receive("bob", data)
         messages.append(str(info.value) + repr(info.value))
     assert_hidden(" ".join(messages), [*secrets, b"plaintext that must not leak"])
+
+
+@BOTH
+@pytest.mark.parametrize(
+    "ciphertext", [b"", bytes(15), bytes(17), bytes(16)], ids=["empty", "15", "17", "bad-pad"]
+)
+def test_authentic_message_with_a_bad_ciphertext(profile: Profile, ciphertext: bytes) -> None:
+    # A message with a valid MAC (as only the peer could make) whose AES-CBC ciphertext is not whole
+    # blocks or has bad padding: the one answer is AuthenticationFailed, and the state is unchanged.
+    pair = open_session(profile, "bad-ciphertext")
+    state = pair.alice
+    assert state.sending_chain_key is not None
+    keys = hkdf_sha256(hmac_sha256(state.sending_chain_key, b"\x01"), bytes(32), profile.message_key_info, 80)
+    ad = profile.mac_associated_data(state.associated_data, sender_is_initiator=True)
+    data = profile.wire.seal(Header(state.own_ratchet_pub, state.sending_n, 0), ciphertext, keys[32:64], ad)
+    before = pair.bob.to_bytes()
+    with pytest.raises(AuthenticationFailed):
+        pair.receive("bob", data)
+    assert pair.bob.to_bytes() == before
+    with pytest.raises(AuthenticationFailed):
+        aes_cbc_decrypt(K32, bytes(16), ciphertext)
