@@ -7,8 +7,9 @@ turns those objects into our backend's values, validating everything on the way,
 :func:`oldmemo.migrations.migrate` can refuse a broken legacy state before it writes anything and can
 leave out single broken sessions (reference defect D7) instead of storing records that fail later:
 
-- :func:`key_state` : the legacy X3DH state (identity key, signed pre key, one-time pre keys visible
-  and hidden, id bookkeeping) -> identity scalar + :class:`~omemo._engine_backend.KeyState`;
+- :func:`key_state` / :func:`x3dh_key_state` : the legacy X3DH state (identity key, signed pre key,
+  one-time pre keys visible and hidden, id bookkeeping) -> identity scalar +
+  :class:`~omemo._engine_backend.KeyState`;
 - :func:`ratchet_state` : a legacy ``DoubleRatchet`` object -> :class:`~omemo_engine.ratchet.RatchetState`;
 - :func:`device_id` / :func:`bound_pre_keys` : device ids as ints, tolerating the decimal strings that
   JSON-backed legacy storages return (reference defect D5).
@@ -42,6 +43,7 @@ __all__ = [
     "device_id",
     "key_state",
     "ratchet_state",
+    "x3dh_key_state",
 ]
 
 #: Length of every legacy key (X25519 scalar, Curve25519 public key, chain key, message key).
@@ -153,12 +155,7 @@ class LegacyKeys:
 def key_state(state: Any, random_bytes: Callable[[int], bytes] = os.urandom) -> LegacyKeys:
     """Convert the legacy ``State`` (``loadState()``) into our own key state.
 
-    Pre keys keep their legacy ids (looked up by public key in ``otpk_ids``; the public halves are
-    recomputed from the private ones, not read). Hidden pre keys stay hidden: our backend keeps them
-    until history synchronisation ends, so a peer that repeats a legacy-era key exchange can still
-    be answered. The signed pre key keeps its id, private key and timestamp; legacy signed it for the
-    sign-0 form of the identity key (Signal XEdDSA), which we do not publish when the natural sign is
-    1, so in that case it is signed again for the natural form (reference defect D6).
+    See :func:`x3dh_key_state`; this only picks its arguments out of the legacy state.
 
     Args:
         state: the object ``LegacyStorage.loadState()`` returned.
@@ -171,8 +168,49 @@ def key_state(state: Any, random_bytes: Callable[[int], bytes] = os.urandom) -> 
         InvalidState: the legacy state is malformed (names the field).
     """
     state_super = _field(state, "super", "state")
-    x3dh = _field(state_super, "super", "state.super")
-    where = "state.super.super"
+    return x3dh_key_state(
+        _field(state_super, "super", "state.super"),
+        _field(state_super, "spk_id", "state.super"),
+        _field(state_super, "otpk_ids", "state.super"),
+        _field(state_super, "otpk_id_counter", "state.super"),
+        random_bytes,
+    )
+
+
+def x3dh_key_state(
+    x3dh: Any,
+    spk_id: Any,
+    otpk_ids: Any,
+    otpk_id_counter: Any,
+    random_bytes: Callable[[int], bytes] = os.urandom,
+) -> LegacyKeys:
+    """Convert a pre-stable python-x3dh 0.5 ``State`` object and its id bookkeeping.
+
+    The same inputs exist in storage migrated by the reference Oldmemo (``/{NS}/x3dh`` without a
+    ``version`` key, ``signed_pre_key_ids``, ``pre_key_ids``, ``pre_key_id_counter``), so a loader of
+    that layout can use this function too.
+
+    Pre keys keep their legacy ids (looked up by public key in ``otpk_ids``; the public halves are
+    recomputed from the private ones, not read). Hidden pre keys stay hidden: our backend keeps them
+    until history synchronisation ends, so a peer that repeats a legacy-era key exchange can still
+    be answered. The signed pre key keeps its id, private key and timestamp; legacy signed it for the
+    sign-0 form of the identity key (Signal XEdDSA), which we do not publish when the natural sign is
+    1, so in that case it is signed again for the natural form (reference defect D6).
+
+    Args:
+        x3dh: the pre-stable X3DH object (``ik``, ``spk``, ``otpks``, ``hidden_otpks``).
+        spk_id: the id of its signed pre key.
+        otpk_ids: standard base64 of each pre key's public key -> its id.
+        otpk_id_counter: the highest pre key id ever assigned.
+        random_bytes: RNG for the XEdDSA nonce of a new signature.
+
+    Returns:
+        The converted keys.
+
+    Raises:
+        InvalidState: an input is malformed (names the field).
+    """
+    where = "x3dh"
     identity_priv = _private_key(_field(x3dh, "ik", where), f"{where}.ik")
     try:
         identity_key = xeddsa.priv_to_ed25519_pub(identity_priv)
@@ -181,14 +219,11 @@ def key_state(state: Any, random_bytes: Callable[[int], bytes] = os.urandom) -> 
         raise InvalidState(f"{where}.ik.priv: {exc}") from None
 
     ids: dict[bytes, int] = {}
-    otpk_ids = _field(state_super, "otpk_ids", "state.super")
     if not isinstance(otpk_ids, Mapping):
-        raise InvalidState("state.super.otpk_ids: expected a JSON object")
+        raise InvalidState("otpk_ids: expected a JSON object")
     for pub_b64, key_id in otpk_ids.items():
-        ids[b64_key(pub_b64, "state.super.otpk_ids key")] = _int(
-            key_id, "state.super.otpk_ids value", 1, _MAX_ID
-        )
-    counter = _int(_field(state_super, "otpk_id_counter", "state.super"), "otpk_id_counter", 0, _MAX_ID)
+        ids[b64_key(pub_b64, "otpk_ids key")] = _int(key_id, "otpk_ids value", 1, _MAX_ID)
+    counter = _int(otpk_id_counter, "otpk_id_counter", 0, _MAX_ID)
 
     dropped = 0
 
@@ -212,27 +247,27 @@ def key_state(state: Any, random_bytes: Callable[[int], bytes] = os.urandom) -> 
     hidden = {k: v for k, v in pre_keys("hidden_otpks").items() if k not in visible}
     next_id = max(counter, *visible, *hidden, 0) + 1
 
-    spk, resigned = _signed_pre_key(x3dh, state_super, identity_priv, identity_key, random_bytes)
+    spk, resigned = _signed_pre_key(x3dh, spk_id, identity_priv, identity_key, random_bytes)
     keys = KeyState(spk, None, visible, hidden, next_id)
     return LegacyKeys(identity_priv, identity_key, identity_curve, keys, resigned, dropped)
 
 
 def _signed_pre_key(
     x3dh: Any,
-    state_super: Any,
+    spk_id: Any,
     identity_priv: bytes,
     identity_key: bytes,
     random_bytes: Callable[[int], bytes],
 ) -> tuple[SignedPreKey, bool]:
-    where = "state.super.super.spk"
-    spk = _field(x3dh, "spk", "state.super.super")
+    where = "x3dh.spk"
+    spk = _field(x3dh, "spk", "x3dh")
     priv = _private_key(_field(spk, "key", where), f"{where}.key")
     pub = xeddsa.priv_to_curve25519_pub(priv)
     signature = b64_key(_field(spk, "signature", where), f"{where}.signature", SIGNATURE_LENGTH)
     timestamp = _field(spk, "timestamp", where)
     if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float)) or timestamp < 0:
         raise InvalidState(f"{where}.timestamp: expected a non-negative number, got {timestamp!r}")
-    key_id = _int(_field(state_super, "spk_id", "state.super"), "state.super.spk_id", 1, _MAX_ID)
+    key_id = _int(spk_id, "spk_id", 1, _MAX_ID)
     message = LEGACY.encode_signed_pre_key(pub)
     resigned = False
     try:

@@ -355,7 +355,7 @@ class _Migration:
         stored_key = (await storage.load_bytes("/ikp/key")).maybe(None)
         stored_is_seed = (await storage.load_primitive("/ikp/is_seed", bool)).maybe(None)
         same_identity = stored_key == keys.identity_priv and stored_is_seed is False
-        if stored_key is not None and not same_identity:
+        if stored_key is not None and stored_key != keys.identity_priv:
             _log.warning("the new storage already holds another identity key; the legacy one replaces it")
         if not same_identity:
             await storage.store_bytes("/ikp/key", keys.identity_priv)
@@ -460,8 +460,9 @@ class _Migration:
             existing = await self.backend.load_session(bare_jid, device_id)
         except InvalidState:
             existing = None
-        if existing is None:  # else stored by an interrupted earlier run, and maybe used since: keep it
-            await self.backend.store_session(session)
+        # A session stored by an interrupted earlier run (and maybe used since) is kept; storing it
+        # again completes the backend's session index in case the run stopped in between.
+        await self.backend.store_session(session if existing is None else existing)
         self.sessions += 1
 
     def _convert_session(
