@@ -28,6 +28,7 @@ from ._session_manager_errors import (
     SenderNotFound,
     UnknownNamespace,
 )
+from .backend import BackendException, DecryptionFailed, KeyExchangeFailed, TooManySkippedMessageKeys
 from .message import EncryptedKeyMaterial, KeyExchange, Message, PlainKeyMaterial
 from .session import Initiation, Session
 from .types import DeviceInformation, TrustLevel
@@ -45,6 +46,22 @@ def _own_key(core: Core, message: Message) -> Tuple[EncryptedKeyMaterial, Option
         f"the {message.namespace} message from device {message.device_id} of {message.bare_jid} carries no"
         f" key for this device ({core.own_device_id} of {core.own_bare_jid})"
     )
+
+
+def _with_context(exc: BackendException, who: str) -> BackendException:
+    """The same backend exception, with a message that names the sending device.
+
+    The original stays the ``__cause__``. A backend subclass that cannot be built from a message alone
+    becomes its documented base class.
+    """
+    message = f"decrypting the message from {who} failed: {exc}"
+    try:
+        return type(exc)(message)
+    except TypeError:
+        for documented in (TooManySkippedMessageKeys, KeyExchangeFailed, DecryptionFailed):
+            if isinstance(exc, documented):
+                return documented(message)
+        raise  # pragma: no cover - only the three classes above are caught
 
 
 async def sender_information(core: Core, namespace: str, bare_jid: str, device_id: int) -> DeviceInformation:
@@ -90,36 +107,39 @@ async def decrypt(
         if await core.evaluate(device) is TrustLevel.DISTRUSTED:
             raise SenderDistrusted(f"the identity key of {who} is distrusted")
 
-        session: Session
-        if key_exchange is None:
-            existing = await backend.load_session(bare_jid, device_id)
-            if existing is None:
-                raise NoSession(f"no session with {who}, and the message does not initiate one")
-            session = existing
-            plain_key_material = await backend.decrypt_key_material(session, encrypted)
-        else:
-            if key_exchange.identity_key != device.identity_key:
-                raise PublicDataInconsistency(
-                    f"the key exchange from {who} carries another identity key than the device's bundle"
-                )
-            existing = await backend.load_session(bare_jid, device_id)
-            if (
-                existing is not None
-                and existing.initiation is Initiation.PASSIVE
-                and existing.key_exchange.builds_same_session(key_exchange)
-            ):
+        try:
+            session: Session
+            if key_exchange is None:
+                existing = await backend.load_session(bare_jid, device_id)
+                if existing is None:
+                    raise NoSession(f"no session with {who}, and the message does not initiate one")
                 session = existing
                 plain_key_material = await backend.decrypt_key_material(session, encrypted)
             else:
-                session, plain_key_material = await backend.build_session_passive(
-                    bare_jid, device_id, key_exchange, encrypted
-                )
+                if key_exchange.identity_key != device.identity_key:
+                    raise PublicDataInconsistency(
+                        f"the key exchange from {who} carries another identity key than the device's bundle"
+                    )
+                existing = await backend.load_session(bare_jid, device_id)
+                if (
+                    existing is not None
+                    and existing.initiation is Initiation.PASSIVE
+                    and existing.key_exchange.builds_same_session(key_exchange)
+                ):
+                    session = existing
+                    plain_key_material = await backend.decrypt_key_material(session, encrypted)
+                else:
+                    session, plain_key_material = await backend.build_session_passive(
+                        bare_jid, device_id, key_exchange, encrypted
+                    )
 
-        plaintext = (
-            None
-            if message.content.empty
-            else await backend.decrypt_plaintext(message.content, plain_key_material)
-        )
+            plaintext = (
+                None
+                if message.content.empty
+                else await backend.decrypt_plaintext(message.content, plain_key_material)
+            )
+        except (TooManySkippedMessageKeys, KeyExchangeFailed, DecryptionFailed) as exc:
+            raise _with_context(exc, who) from exc
 
         # Every check passed: commit.
         await core.commit_decryption(backend, session, used_pre_key=key_exchange is not None)

@@ -69,7 +69,7 @@ async def _decide_trust(core: Core, targets: List[_Target], identifier: Optional
     ]
     if undecided:
         await core.manager._make_trust_decision(frozenset(undecided), identifier)
-        still: List[DeviceInformation] = []
+        still: List[_Target] = []
         for index, ((device, namespace), level) in enumerate(zip(targets, levels, strict=True)):
             if level is not TrustLevel.UNDECIDED:
                 continue
@@ -78,11 +78,28 @@ async def _decide_trust(core: Core, targets: List[_Target], identifier: Optional
             targets[index] = (device, namespace)
             levels[index] = await core.evaluate(device)
             if levels[index] is TrustLevel.UNDECIDED:
-                still.append(device)
+                still.append((device, namespace))
         if still:
-            names = ", ".join(f"device {d.device_id} of {d.bare_jid}" for d in sorted(still, key=_sort_key))
+            names = ", ".join(
+                describe(ns, d.bare_jid, d.device_id)
+                for d, ns in sorted(still, key=lambda t: _sort_key(t[0]))
+            )
             raise StillUndecided(f"trust is still undecided after the trust decision for: {names}")
     return [target for target, level in zip(targets, levels, strict=True) if level is TrustLevel.TRUSTED]
+
+
+def _explain(unreachable: FrozenSet[str], errors: List[EncryptionError]) -> str:
+    """The message of ``NoEligibleDevices``: per account, why its devices were skipped."""
+    parts = []
+    for jid in sorted(unreachable):
+        reasons = [
+            f"{describe(e.namespace, e.bare_jid, e.device_id)}: {type(e.exception).__name__}"
+            for e in errors
+            if e.bare_jid == jid
+        ]
+        detail = "; ".join(reasons) if reasons else "no trusted device active in the usable namespaces"
+        parts.append(f"{jid} ({detail})")
+    return "no device eligible for encryption for: " + ", ".join(parts)
 
 
 def _sort_key(device: DeviceInformation) -> Tuple[str, int]:
@@ -228,7 +245,7 @@ async def encrypt(
         reached = {session.bare_jid for _, session in touched}
         unreachable = frozenset(jid for jid in recipients if jid != core.own_bare_jid and jid not in reached)
         if unreachable:
-            raise NoEligibleDevices(unreachable)
+            raise NoEligibleDevices(unreachable, _explain(unreachable, errors))
         for backend, session in touched:
             await core.store_session(backend, session)
     return messages, frozenset(errors)

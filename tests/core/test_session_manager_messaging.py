@@ -163,7 +163,7 @@ async def test_no_eligible_devices_stores_no_session() -> None:
     carol = await make_account(net, CAROL)
     del net.bundles[(NS_A, CAROL, carol.device_id)]
     await alice.manager.refresh_device_list(NS_A, CAROL)
-    with pytest.raises(NoEligibleDevices) as info:
+    with pytest.raises(NoEligibleDevices, match=f"{CAROL} \\(no trusted device") as info:
         await alice.manager.encrypt(frozenset({BOB, CAROL}), {NS_A: b"x"})
     assert info.value.bare_jids == frozenset({CAROL})
     assert await alice.backends[NS_A].load_session(BOB, bob.device_id) is None
@@ -202,7 +202,7 @@ async def test_bundle_with_other_identity_key_is_rejected_on_encrypt() -> None:
     fake = net.bundles[(NS_A, "mallory@example.org", mallory.device_id)]
     fake._bare_jid, fake._device_id = BOB, bob.device_id  # type: ignore[attr-defined]
     net.bundles[(NS_A, BOB, bob.device_id)] = fake
-    with pytest.raises(NoEligibleDevices):
+    with pytest.raises(NoEligibleDevices, match=f"device {bob.device_id} of {BOB}.*PublicDataInconsistency"):
         await alice.manager.encrypt(frozenset({BOB}), {NS_A: b"x"})
 
 
@@ -268,7 +268,7 @@ async def test_decryption_is_transactional() -> None:
     good_mac = ekm.mac
     ekm.mac = bytes(8)
     pre_keys_before = await bob.backends[NS_A].visible_pre_key_ids()
-    with pytest.raises(DecryptionFailed):
+    with pytest.raises(DecryptionFailed, match=rf"device {alice.device_id} of {ALICE} \({NS_A}\)"):
         await bob.manager.decrypt(message)
     assert await bob.backends[NS_A].load_session(ALICE, alice.device_id) is None
     assert await bob.backends[NS_A].visible_pre_key_ids() == pre_keys_before
