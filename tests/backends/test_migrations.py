@@ -37,6 +37,7 @@ import oldmemo
 import oldmemo.etree
 import oldmemo.migrations
 import twomemo
+from oldmemo import _migrations_convert as convert
 from oldmemo.migrations import LegacyStorage, migrate
 from oldmemo.oldmemo import BundleImpl, EncryptedKeyMaterialImpl, KeyExchangeImpl, SessionImpl
 from omemo import (
@@ -1003,3 +1004,146 @@ def test_public_interface() -> None:
             getattr(oldmemo.migrations, name).__annotations__
         )
     assert "migrations" not in oldmemo.__all__
+
+
+# -- conversion details ---------------------------------------------------------------------------------
+
+
+@needs_upstream
+async def test_valid_signed_pre_key_signature_is_kept() -> None:
+    """The upstream own key has natural sign 0: its legacy signature is kept; the generated one
+    (sign 1) was signed again (D6)."""
+    for vector, resigned in ((upstream(), False), (generated(), True)):
+        _, storage = await run_migrate(vector)
+        keys = check_key_state(vector, snap(storage))
+        legacy_signature = unb64(vector.legacy["state"]["super"]["super"]["spk"]["signature"])
+        assert (keys.signed_pre_key.signature != legacy_signature) is resigned
+
+
+def test_device_ids_and_base64() -> None:
+    assert convert.device_id(5, "x") == 5
+    assert convert.device_id("333333333", "x") == 333333333
+    for bad in (True, "12a", 1.5, None):
+        with pytest.raises(InvalidState):
+            convert.device_id(bad, "x")
+    key = bytes(range(32))
+    wrapped = base64.b64encode(key).decode()
+    assert convert.b64_key(f" {wrapped[:10]}\n{wrapped[10:]} ", "x") == key
+    for bad_b64 in ("not base64!", base64.b64encode(key[:31]).decode(), 7):
+        with pytest.raises(InvalidState):
+            convert.b64_key(bad_b64, "x")
+
+
+async def test_invalid_device_id_in_legacy_list_raises() -> None:
+    vector = generated()
+    dump = copy.deepcopy(vector.legacy)
+    dump["active_devices"]["carol@example.org"] = ["carol's phone"]
+    with pytest.raises(InvalidState, match="loadActiveDevices"):
+        await run_migrate(vector, DictLegacyStorage(dump))
+
+
+async def test_pre_key_without_id_is_left_out(caplog: pytest.LogCaptureFixture) -> None:
+    vector = generated()
+    dump = copy.deepcopy(vector.legacy)
+    state_super = dump["state"]["super"]
+    first = state_super["super"]["otpks"][0]
+    first_id = state_super["otpk_ids"].pop(first["pub"])
+    with caplog.at_level(logging.INFO, logger="oldmemo.migrations"):
+        _, storage = await run_migrate(vector, DictLegacyStorage(dump))
+    keys = KeyState.from_json(snap(storage)[f"/{NS}/keys"])
+    assert first_id not in keys.pre_keys and len(keys.pre_keys) == len(state_super["super"]["otpks"]) - 1
+    assert keys.next_pre_key_id == state_super["otpk_id_counter"] + 1
+    assert any("1 legacy pre keys without an id" in r.getMessage() for r in caplog.records)
+
+
+async def test_other_identity_in_new_storage_is_replaced(caplog: pytest.LogCaptureFixture) -> None:
+    vector = generated()
+    used = RecordingStorage()
+    await used.store_bytes("/ikp/key", bytes(32))
+    await used.store("/ikp/is_seed", True)
+    with caplog.at_level(logging.WARNING, logger="oldmemo.migrations"):
+        legacy, storage = await run_migrate(vector, storage=used)
+    await check_migrated(vector, legacy, storage)
+    assert any("another identity key" in r.getMessage() for r in caplog.records)
+
+
+async def test_bundle_with_invalid_identity_key_drops_device() -> None:
+    vector = generated()
+    carol = ("carol@example.org", 333333333)
+    serve = downloader(vector)
+
+    async def download(bare_jid: str, device_id: int) -> BundleImpl:
+        bundle = await serve(bare_jid, device_id)
+        if (bare_jid, device_id) != carol:
+            return bundle
+        small_order = bytes([1]) + bytes(31)  # the neutral element
+        return BundleImpl(
+            bare_jid,
+            device_id,
+            small_order,
+            bundle.signed_pre_key_id,
+            bundle.signed_pre_key,
+            bundle.signed_pre_key_signature,
+            bundle.pre_keys,
+        )
+
+    legacy, storage = await run_migrate(vector, download=download)
+    device_absent(snap(storage), *carol)
+    assert legacy.data["sessions"]["carol@example.org"] == {}
+
+
+async def test_malformed_legacy_trust_drops_device() -> None:
+    vector = generated()
+    dump = copy.deepcopy(vector.legacy)
+    dump["trust"]["carol@example.org"]["333333333"]["key"] = "garbage"
+    _, storage = await run_migrate(vector, DictLegacyStorage(dump))
+    device_absent(snap(storage), "carol@example.org", 333333333)
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        lambda dr: dr.update(smks={"not json": base64.b64encode(bytes(32)).decode()}),
+        lambda dr: dr["skr"].update(rchain={"length": -1, "key": base64.b64encode(bytes(32)).decode()}),
+        lambda dr: dr["super"]["other_pub"].update(pub="AAAA"),
+        lambda dr: dr.pop("skr"),
+    ],
+    ids=["smks", "chain-length", "ratchet-key", "skr"],
+)
+async def test_d7_unconvertible_session_left_out(corrupt: Callable[[Dict[str, Any]], None]) -> None:
+    vector = generated()
+    dump = copy.deepcopy(vector.legacy)
+    corrupt(dump["sessions"]["carol@example.org"]["333333333"]["super"])
+    _, storage = await run_migrate(vector, DictLegacyStorage(dump))
+    data = snap(storage)
+    assert f"/{NS}/session/carol@example.org/333333333" not in data
+    assert f"/{NS}/session/bob@example.org/2055582871" in data
+    assert core_view(data) == core_view(vector.expected)
+
+
+@pytest.mark.parametrize("matching", [True, False], ids=["matching-key", "other-key"])
+async def test_own_device_legacy_trust(matching: bool) -> None:
+    vector = generated()
+    dump = copy.deepcopy(vector.legacy)
+    own_curve = dump["state"]["super"]["super"]["ik"]["pub"]
+    other = dump["trust"]["bob@example.org"]["2055582871"]["key"]
+    dump["trust"][OWN_JID] = {
+        str(vector.own_device_id): {"key": own_curve if matching else other, "trusted": True}
+    }
+    legacy, storage = await run_migrate(vector, DictLegacyStorage(dump))
+    own = GENERATED_EXPECTED["identity_keys"]["alice@example.org/1111111111 (own device)"]
+    assert snap(storage)[own["trust_storage_key"]] == ("TRUSTED" if matching else "UNDECIDED")
+    assert legacy.data["trust"][OWN_JID] == {}
+
+
+async def test_malformed_other_ik_and_corrupt_stored_session() -> None:
+    vector = generated()
+    dump = copy.deepcopy(vector.legacy)
+    dump["sessions"]["bob@example.org"]["2055582871"]["other_ik"] = None
+    used = RecordingStorage()
+    await used.store_bytes(f"/{NS}/session/carol@example.org/333333333", b"\x63corrupt")
+    _, storage = await run_migrate(vector, DictLegacyStorage(dump), used)
+    data = snap(storage)
+    assert f"/{NS}/session/bob@example.org/2055582871" not in data
+    session = await oldmemo.Oldmemo(storage).load_session("carol@example.org", 333333333)
+    assert session is not None and len(session.state.skipped) == 2
