@@ -119,6 +119,7 @@ KEY_FUNCTIONS: list[tuple[str, Callable[[Any], object], type[Exception]]] = [
     ("aes_gcm_encrypt(key)", lambda v: aes_gcm_encrypt(v, bytes(12), b"x"), InvalidKey),
     ("aes_gcm_decrypt(key)", lambda v: aes_gcm_decrypt(v, bytes(12), b"x", bytes(16)), AuthenticationFailed),
     ("aes_gcm_decrypt(tag)", lambda v: aes_gcm_decrypt(K32, bytes(12), b"x", v), AuthenticationFailed),
+    ("legacy_encrypt(random_bytes)", lambda v: payload.legacy_encrypt(b"x", lambda n: v), InvalidKey),
     ("omemo2_decrypt(key material)", lambda v: payload.omemo2_decrypt(bytes(16), v), AuthenticationFailed),
     ("legacy_decrypt(iv)", lambda v: payload.legacy_decrypt(bytes(16), v, bytes(32)), AuthenticationFailed),
     (
@@ -518,6 +519,14 @@ def test_legacy_wire_field_checks() -> None:
     for name in ("base_key", "identity_key"):
         with pytest.raises(MalformedMessage, match="0x05"):
             wire.LEGACY_WIRE.parse_key_exchange(kex(**{**full, name: K32}))
+
+
+@BOTH
+@pytest.mark.parametrize("value", WRONG_TYPES, ids=lambda v: type(v).__name__)
+def test_encrypt_of_wrong_types(profile: Profile, value: Any) -> None:
+    pair = open_session(profile, "encrypt-types")
+    with pytest.raises(TypeError):
+        pair.send("alice", value)
 
 
 @BOTH
