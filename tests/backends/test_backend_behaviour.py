@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 import oldmemo
 import oldmemo.oldmemo
+import omemo_engine.wire
 import twomemo
 import twomemo.twomemo
 from omemo._engine_backend import (
@@ -35,6 +36,7 @@ from omemo.backend import (
 )
 from omemo.session import Initiation
 from omemo_engine._primitives import hkdf_sha256, hmac_sha256
+from omemo_engine.errors import MalformedXML
 
 from .conftest import (
     CountingStorage,
@@ -1014,3 +1016,29 @@ async def test_oldmemo_old_variant_end_to_end() -> None:
         assert (plain.key, plain.auth_tag) == (key, b"")
         assert await bob.backend.decrypt_plaintext(message.content, plain) == b"from an old client"
         await bob.backend.store_session(b_session)
+
+
+@pytest.mark.parametrize(("version", "accepted"), [(0x34, True), (0x3F, True), (0x24, False), (0x43, False)])
+async def test_oldmemo_version_byte_high_nibble(
+    monkeypatch: pytest.MonkeyPatch, version: int, accepted: bool
+) -> None:
+    """PROTOCOL.md 4.3 / 6.11 (regression): libsignal >= 0.24 sends 0x34; any version byte whose high
+    nibble is 3 must be accepted (the reference insists on exactly 0x33), others rejected."""
+    alice = await make_device(oldmemo.Oldmemo, "alice@example.org", 1)
+    bob = await make_device(oldmemo.Oldmemo, "bob@example.org", 2)
+    monkeypatch.setattr(omemo_engine.wire, "_LEGACY_VERSION", version)
+    if not accepted:
+        with pytest.raises(MalformedXML):  # the PreKeySignalMessage is parsed with the XML
+            await initiate(alice, bob)
+        monkeypatch.setattr(omemo_engine.wire, "_LEGACY_VERSION", 0x33)
+        await establish(alice, bob)
+        monkeypatch.setattr(omemo_engine.wire, "_LEGACY_VERSION", version)
+        message, enc, _ = await send(alice, bob, await load(alice, bob), b"x")
+        assert isinstance(enc, EngineEncryptedKeyMaterial) and enc.encrypted_message[0] == version
+        with pytest.raises(DecryptionFailed):
+            await receive(bob, await load(bob, alice), message, enc)
+        return
+    await establish(alice, bob)  # key exchange and reply, all with the patched version byte
+    message, enc, _ = await send(alice, bob, await load(alice, bob), b"from libsignal 0.24+")
+    assert isinstance(enc, EngineEncryptedKeyMaterial) and enc.encrypted_message[0] == version
+    assert await receive(bob, await load(bob, alice), message, enc) == b"from libsignal 0.24+"
