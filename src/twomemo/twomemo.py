@@ -201,6 +201,7 @@ class Twomemo(EngineBackend):
     async def verify_label_signature(self, label: str, signature: bytes, identity_key: bytes) -> bool:
         try:
             xeddsa.verify(identity_key, label.encode("utf-8"), signature)
-        except (InvalidSignature, EngineError):
+        except (InvalidSignature, EngineError, UnicodeEncodeError):
+            # A label that is not UTF-8 encodable (lone surrogates) cannot have been signed.
             return False
         return True

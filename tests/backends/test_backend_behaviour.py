@@ -875,6 +875,8 @@ async def test_labels_twomemo() -> None:
     ]
     for garbage in garbage_signatures:
         assert await backend.verify_label_signature("Phone", garbage, ik) is False
+    # A label that cannot be UTF-8 encoded (a lone surrogate) was never signed: False, no exception.
+    assert await backend.verify_label_signature("Phone\ud800", signature, ik) is False
     for garbage_key in (b"", bytes(31), bytes(32), b"\xff" * 32, ik + b"\x00", os.urandom(32)):
         if garbage_key != ik:
             assert await backend.verify_label_signature("Phone", signature, garbage_key) is False
