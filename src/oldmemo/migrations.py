@@ -51,6 +51,7 @@ import base64
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, TypedDict
 
 from omemo._engine_backend import UNKNOWN_SPK_ID
@@ -255,8 +256,9 @@ async def migrate(
             available: that device is then left out.
 
     Raises:
-        omemo_engine.errors.InvalidState: the legacy state (keys) is malformed; nothing was written.
-            Also raised (a ``ValueError``) for a device id that is not an integer.
+        omemo_engine.errors.InvalidState: (a ``ValueError``) the legacy state (keys) is malformed:
+            nothing was written; or ``legacy_storage`` returned a device id that is neither an int
+            nor a decimal string: the JIDs before it are migrated, a later call resumes.
         Exception: anything ``legacy_storage``, ``storage`` or ``download_bundle`` raises (other than
             the two exceptions named above) is propagated; calling :func:`migrate` again resumes.
     """
@@ -306,13 +308,11 @@ async def migrate(
     )
 
 
+@dataclass(frozen=True, slots=True)
 class _TrustNames:
-    __slots__ = ("trusted", "undecided", "untrusted")
-
-    def __init__(self, trusted: str, undecided: str, untrusted: str) -> None:
-        self.trusted = trusted
-        self.undecided = undecided
-        self.untrusted = untrusted
+    trusted: str
+    undecided: str
+    untrusted: str
 
 
 def _urlsafe(identity_key: bytes) -> str:
@@ -366,6 +366,7 @@ class _Migration:
             await self.backend._store_keys(keys.keys)
 
         jid, device_id = self.own_bare_jid, self.own_device_id
+        # Active whatever the legacy lists say: this is the device being migrated and used.
         await self._store_device(jid, device_id, True, keys.identity_key)
         trust = await self.legacy.loadTrust(jid, device_id)
         if trust is not None and self._trust_key(trust, jid, device_id) != keys.identity_curve:
