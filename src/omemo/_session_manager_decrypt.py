@@ -49,19 +49,19 @@ def _own_key(core: Core, message: Message) -> Tuple[EncryptedKeyMaterial, Option
 
 
 def _with_context(exc: BackendException, who: str) -> BackendException:
-    """The same backend exception, with a message that names the sending device.
+    """The backend exception to raise, with a message that names the sending device.
 
-    The original stays the ``__cause__``. A backend subclass that cannot be built from a message alone
-    becomes its documented base class.
+    The documented classes themselves are re-created with that message (the original becomes the
+    ``__cause__``). A backend-specific subclass is kept as it is, so that callers catching it still do;
+    it gets the context as a note (Python 3.11+).
     """
     message = f"decrypting the message from {who} failed: {exc}"
-    try:
+    if type(exc) in (TooManySkippedMessageKeys, KeyExchangeFailed, DecryptionFailed):
         return type(exc)(message)
-    except TypeError:
-        for documented in (TooManySkippedMessageKeys, KeyExchangeFailed, DecryptionFailed):
-            if isinstance(exc, documented):
-                return documented(message)
-        raise  # pragma: no cover - only the three classes above are caught
+    add_note = getattr(exc, "add_note", None)
+    if add_note is not None:
+        add_note(message)
+    return exc
 
 
 async def sender_information(core: Core, namespace: str, bare_jid: str, device_id: int) -> DeviceInformation:
@@ -139,7 +139,10 @@ async def decrypt(
                 else await backend.decrypt_plaintext(message.content, plain_key_material)
             )
         except (TooManySkippedMessageKeys, KeyExchangeFailed, DecryptionFailed) as exc:
-            raise _with_context(exc, who) from exc
+            wrapped = _with_context(exc, who)
+            if wrapped is exc:
+                raise
+            raise wrapped from exc
 
         # Every check passed: commit.
         await core.commit_decryption(backend, session, used_pre_key=key_exchange is not None)
