@@ -1044,3 +1044,54 @@ async def test_oldmemo_version_byte_high_nibble(
     message, enc, _ = await send(alice, bob, await load(alice, bob), b"from libsignal 0.24+")
     assert isinstance(enc, EngineEncryptedKeyMaterial) and enc.encrypted_message[0] == version
     assert await receive(bob, await load(bob, alice), message, enc) == b"from libsignal 0.24+"
+
+
+async def test_too_many_skipped_keys_in_the_first_message(backend_cls: type[EngineBackend]) -> None:
+    """build_session_passive enforces the per-message limit too; the pre key stays usable."""
+    alice = await make_device(backend_cls, "alice@example.org", 1)
+    bob = await make_device(backend_cls, "bob@example.org", 2, limits=(20, 5))
+    bundle = await bob.backend.get_bundle(bob.bare_jid, bob.device_id)
+    _, key_material = await alice.backend.encrypt_plaintext(b"m1")
+    a_session, _ = await alice.backend.build_session_active(bob.bare_jid, bob.device_id, bundle, key_material)
+    assert isinstance(a_session, EngineSession)
+    sent = [await send(alice, bob, a_session, b"m%d" % i) for i in range(2, 9)]  # n = 1..7
+    _, enc, kex = sent[-1]  # n = 7 skips 7 keys
+    assert kex is not None
+    with pytest.raises(TooManySkippedMessageKeys):
+        await bob.backend.build_session_passive(alice.bare_jid, alice.device_id, kex, enc)
+    message, enc, kex = sent[4]  # n = 5 skips 5 keys: allowed
+    assert kex is not None
+    b_session, plain = await bob.backend.build_session_passive(alice.bare_jid, alice.device_id, kex, enc)
+    assert await bob.backend.decrypt_plaintext(message.content, plain) == b"m6"
+    assert isinstance(b_session, EngineSession)
+    assert await receive(bob, b_session, *sent[6][:2]) == b"m8"
+
+
+@pytest.mark.parametrize(("old_chain_gap", "old_messages_kept"), [(5, True), (8, False)])
+async def test_skipped_keys_across_a_dh_ratchet_step(
+    backend_cls: type[EngineBackend], old_chain_gap: int, old_messages_kept: bool
+) -> None:
+    """Messages of the previous receiving chain that were skipped on a DH ratchet step stay
+    decryptable while the gap is within the per-message limit. A larger gap does not fail the new
+    message (PROTOCOL.md 3.2, as the reference): those old keys are just not derived."""
+    alice = await make_device(backend_cls, "alice@example.org", 1)
+    bob = await make_device(backend_cls, "bob@example.org", 2, limits=(20, 5))
+    await establish(alice, bob)
+    await exchange(alice, bob, b"Alice's current chain reaches Bob")
+    old = await _alice_sends(alice, bob, old_chain_gap)  # Bob receives none of them
+    await exchange(bob, alice, b"bob speaks")  # new ratchet key: Alice's next message starts a new chain
+    new = await _alice_sends(alice, bob, 1)
+    b_session = await load(bob, alice)
+    assert await receive(bob, b_session, *new[0]) == b"m1"
+    for i, (message, enc) in enumerate(old):
+        if old_messages_kept:
+            assert await receive(bob, b_session, message, enc) == b"m%d" % (i + 1)
+        else:
+            # Seen as a step to an unknown ratchet key: fails (MAC or skip limit), harmlessly.
+            before = b_session.state
+            with pytest.raises((DecryptionFailed, TooManySkippedMessageKeys)):
+                await bob.backend.decrypt_key_material(b_session, enc)
+            assert b_session.state is before
+    await bob.backend.store_session(b_session)
+    await exchange(alice, bob, b"the conversation goes on")
+    await exchange(bob, alice, b"the conversation goes on, reply")
