@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from omemo_engine import ratchet, x3dh, xeddsa
-from omemo_engine._primitives import x25519_public
+from omemo_engine._primitives import hkdf_sha256, hmac_sha256, x25519_public
 from omemo_engine.errors import KeyExchangeError
 from omemo_engine.profile import LEGACY, OMEMO2, Profile
 from omemo_engine.ratchet import RatchetState
@@ -28,6 +28,7 @@ __all__ = [
     "PROFILES",
     "DeviceKeys",
     "SessionPair",
+    "next_message_keys",
     "open_session",
     "receive_key_exchange",
     "seeded_rng",
@@ -161,6 +162,15 @@ def receive_key_exchange(
         max_skipped_per_session=max_skipped_per_session,
         random_bytes=rng,
     )
+
+
+def next_message_keys(profile: Profile, state: RatchetState) -> tuple[bytes, bytes, bytes]:
+    """``(AES key, MAC key, IV)`` of the next message ``state`` will send, derived with the spec's
+    KDFs (PROTOCOL.md 3.2), so that tests can forge messages a peer could have sent."""
+    assert state.sending_chain_key is not None
+    message_key = hmac_sha256(state.sending_chain_key, b"\x01")
+    out = hkdf_sha256(message_key, bytes(32), profile.message_key_info, 80)
+    return out[:32], out[32:64], out[64:]
 
 
 @dataclass

@@ -26,8 +26,6 @@ from omemo_engine._primitives import (
     aes_cbc_encrypt,
     aes_gcm_decrypt,
     aes_gcm_encrypt,
-    hkdf_sha256,
-    hmac_sha256,
     x25519,
     x25519_public,
 )
@@ -44,7 +42,7 @@ from omemo_engine.profile import LEGACY, OMEMO2, Profile
 from omemo_engine.ratchet import RatchetState
 from omemo_engine.wire import Header, KeyExchangeFields
 
-from .helpers import PROFILES, DeviceKeys, open_session, seeded_rng, send_key_exchange
+from .helpers import PROFILES, DeviceKeys, next_message_keys, open_session, seeded_rng, send_key_exchange
 
 BOTH = pytest.mark.parametrize("profile", PROFILES.values(), ids=PROFILES.keys())
 
@@ -665,10 +663,9 @@ def test_authentic_message_with_a_bad_ciphertext(profile: Profile, ciphertext: b
     # blocks or has bad padding: the one answer is AuthenticationFailed, and the state is unchanged.
     pair = open_session(profile, "bad-ciphertext")
     state = pair.alice
-    assert state.sending_chain_key is not None
-    keys = hkdf_sha256(hmac_sha256(state.sending_chain_key, b"\x01"), bytes(32), profile.message_key_info, 80)
+    _aes_key, mac_key, _iv = next_message_keys(profile, state)
     ad = profile.mac_associated_data(state.associated_data, sender_is_initiator=True)
-    data = profile.wire.seal(Header(state.own_ratchet_pub, state.sending_n, 0), ciphertext, keys[32:64], ad)
+    data = profile.wire.seal(Header(state.own_ratchet_pub, state.sending_n, 0), ciphertext, mac_key, ad)
     before = pair.bob.to_bytes()
     with pytest.raises(AuthenticationFailed):
         pair.receive("bob", data)

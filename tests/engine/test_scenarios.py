@@ -28,6 +28,7 @@ from .helpers import (
     PROFILES,
     DeviceKeys,
     SessionPair,
+    next_message_keys,
     open_session,
     receive_key_exchange,
     seeded_rng,
@@ -410,12 +411,10 @@ def test_serialise_fresh_states(profile: Profile) -> None:
 def _reseal_legacy(state: RatchetState, data: bytes, version: int) -> bytes:
     """``data`` (a message just sealed from ``state``'s sending chain, before it advanced) with
     another version byte and a MAC recomputed over it, as a newer libsignal would send it."""
-    chain = state.sending_chain_key
-    assert chain is not None
-    keys = hkdf_sha256(hmac_sha256(chain, b"\x01"), bytes(32), LEGACY.message_key_info, 80)
+    _aes_key, mac_key, _iv = next_message_keys(LEGACY, state)
     body = bytes((version,)) + data[1:-8]
     ad = LEGACY.mac_associated_data(state.associated_data, sender_is_initiator=state.initiator)
-    return body + hmac_sha256(keys[32:64], ad + body)[:8]
+    return body + hmac_sha256(mac_key, ad + body)[:8]
 
 
 def test_legacy_version_byte_0x34_accepted() -> None:
