@@ -97,9 +97,12 @@ async def decrypt(
 ) -> Tuple[Optional[bytes], DeviceInformation, PlainKeyMaterial]:
     """See :meth:`omemo.session_manager.SessionManager.decrypt`."""
     namespace, bare_jid, device_id = message.namespace, message.bare_jid, message.device_id
-    backend = core.backend(namespace)
-    encrypted, key_exchange = _own_key(core, message)
     who = describe(namespace, bare_jid, device_id)
+    try:
+        backend = core.backend(namespace)
+    except UnknownNamespace as exc:
+        raise UnknownNamespace(f"cannot decrypt the message from {who}: {exc}") from exc
+    encrypted, key_exchange = _own_key(core, message)
     await core.flush_dirty_bundles()
 
     async with core.session_locks.hold((namespace, bare_jid, device_id)):

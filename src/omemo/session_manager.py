@@ -114,7 +114,7 @@ class SessionManager(ABC):
     LOG_TAG = "omemo.core"
 
     # Set by create(). The name-mangled list is read by python-omemo 2.1's debug CLI helper.
-    _core: Core
+    _omemo_core: Core
     __backends: List[Backend]
     __rotation: Optional[_runtime.BackgroundTask]
 
@@ -182,7 +182,7 @@ class SessionManager(ABC):
         identity = await IdentityKeyPair.get(storage)
         self.__backends = list(backends)
         self.__rotation = None
-        core = self._core = Core(
+        core = self._omemo_core = Core(
             self,
             storage,
             self.__backends,
@@ -229,7 +229,7 @@ class SessionManager(ABC):
             DeviceListUploadFailed: forwarded from ``_upload_device_list``.
             DeviceListDownloadFailed: forwarded from ``_download_device_list``.
         """
-        await _maintenance.purge_backend(self._core, namespace)
+        await _maintenance.purge_backend(self._omemo_core, namespace)
 
     async def purge_bare_jid(self, bare_jid: str) -> None:
         """Delete everything known about an account: devices, trust, sessions (of all loaded backends).
@@ -243,7 +243,7 @@ class SessionManager(ABC):
         Raises:
             ValueError: ``bare_jid`` is the own account (purge backends instead).
         """
-        await _maintenance.purge_bare_jid(self._core, bare_jid)
+        await _maintenance.purge_bare_jid(self._omemo_core, bare_jid)
 
     async def ensure_data_consistency(self) -> None:
         """Make the online data of every loaded backend match the local data.
@@ -257,7 +257,7 @@ class SessionManager(ABC):
             DeviceListUploadFailed: forwarded from ``_upload_device_list``.
             BundleUploadFailed: forwarded from ``_upload_bundle``.
         """
-        await _maintenance.ensure_data_consistency(self._core)
+        await _maintenance.ensure_data_consistency(self._omemo_core)
 
     # -- abstract hooks: XMPP -----------------------------------------------------------------------
 
@@ -434,7 +434,7 @@ class SessionManager(ABC):
             UnknownNamespace: the backend of the namespace is not loaded.
             DeviceListUploadFailed: forwarded from ``_upload_device_list``.
         """
-        await self._core.update_device_list(namespace, bare_jid, device_list)
+        await self._omemo_core.update_device_list(namespace, bare_jid, device_list)
 
     async def refresh_device_list(self, namespace: str, bare_jid: str) -> None:
         """Download a device list and feed it to :meth:`update_device_list`.
@@ -448,7 +448,7 @@ class SessionManager(ABC):
             DeviceListDownloadFailed: forwarded from ``_download_device_list``.
             DeviceListUploadFailed: forwarded from :meth:`update_device_list`.
         """
-        await self._core.refresh_device_list(namespace, bare_jid)
+        await self._omemo_core.refresh_device_list(namespace, bare_jid)
 
     async def refresh_device_lists(self, bare_jid: str) -> None:
         """:meth:`refresh_device_list` for every loaded backend.
@@ -460,8 +460,8 @@ class SessionManager(ABC):
             DeviceListDownloadFailed: forwarded from ``_download_device_list``.
             DeviceListUploadFailed: forwarded from :meth:`update_device_list`.
         """
-        for namespace in self._core.namespaces():
-            await self._core.refresh_device_list(namespace, bare_jid)
+        for namespace in self._omemo_core.namespaces():
+            await self._omemo_core.refresh_device_list(namespace, bare_jid)
 
     async def clear_device_lists(self) -> None:
         """Drop every other device from the own device lists of all loaded backends.
@@ -473,7 +473,7 @@ class SessionManager(ABC):
         Raises:
             DeviceListUploadFailed: forwarded from ``_upload_device_list``.
         """
-        core = self._core
+        core = self._omemo_core
         own = await core.devices.load(core.own_bare_jid, core.own_device_id)
         for backend in list(self.__backends):
             device_list: DeviceList = {core.own_device_id: await core.own_label_entry(backend, own.label)}
@@ -493,7 +493,7 @@ class SessionManager(ABC):
             DeviceListUploadFailed: forwarded from ``_upload_device_list``.
             DeviceListDownloadFailed: forwarded from ``_download_device_list``.
         """
-        core = self._core
+        core = self._omemo_core
         async with core.jid_locks.hold(core.own_bare_jid):
             await core.devices.store_label(core.own_bare_jid, core.own_device_id, own_label)
         for backend in list(self.__backends):
@@ -514,7 +514,7 @@ class SessionManager(ABC):
         Returns:
             One entry per device: id, namespaces and activity, identity key, trust level name, label.
         """
-        infos, _ = await self._core.device_information(bare_jid)
+        infos, _ = await self._omemo_core.device_information(bare_jid)
         return infos
 
     async def get_own_device_information(self) -> Tuple[DeviceInformation, FrozenSet[DeviceInformation]]:
@@ -523,7 +523,7 @@ class SessionManager(ABC):
         Returns:
             This device's information and the set of the other own devices' information.
         """
-        core = self._core
+        core = self._omemo_core
         infos, _ = await core.device_information(core.own_bare_jid)
         own = [info for info in infos if info.device_id == core.own_device_id]
         if own:
@@ -543,7 +543,7 @@ class SessionManager(ABC):
             identity_key: the identity key.
             trust_level_name: the custom trust level name.
         """
-        await self._core.devices.store_trust(bare_jid, identity_key, trust_level_name)
+        await self._omemo_core.devices.store_trust(bare_jid, identity_key, trust_level_name)
 
     # -- sessions -----------------------------------------------------------------------------------
 
@@ -562,7 +562,7 @@ class SessionManager(ABC):
             may have left that session inconsistent; any other failure happened before anything
             changed.
         """
-        return await _maintenance.replace_sessions(self._core, device)
+        return await _maintenance.replace_sessions(self._omemo_core, device)
 
     async def get_sending_chain_length(self, device: DeviceInformation) -> Dict[str, Optional[int]]:
         """Report the sending chain length of each session with a device (for staleness detection).
@@ -574,7 +574,7 @@ class SessionManager(ABC):
             Namespace (of each of the device's namespaces) -> sending chain length, or ``None`` where
             there is no session (or the backend is not loaded).
         """
-        return await _maintenance.get_sending_chain_length(self._core, device)
+        return await _maintenance.get_sending_chain_length(self._omemo_core, device)
 
     # -- history synchronisation --------------------------------------------------------------------
 
@@ -586,7 +586,7 @@ class SessionManager(ABC):
         automatic empty messages are queued, one per session, until :meth:`after_history_sync`. Live
         messages can be processed meanwhile. :meth:`create` starts in this mode.
         """
-        self._core.history_sync = True
+        self._omemo_core.history_sync = True
 
     async def after_history_sync(self) -> None:
         """Leave history synchronisation mode: delete hidden pre keys and send the queued empty messages.
@@ -597,7 +597,7 @@ class SessionManager(ABC):
             MessageSendingFailed: some queued empty messages could not be sent (the message names them;
                 the first failure is the ``__cause__``).
         """
-        await _maintenance.after_history_sync(self._core)
+        await _maintenance.after_history_sync(self._omemo_core)
 
     # -- encryption ---------------------------------------------------------------------------------
 
@@ -635,7 +635,7 @@ class SessionManager(ABC):
             StillUndecided: devices are still undecided after the trust decision.
             NoEligibleDevices: some recipient has no device that can be encrypted for.
         """
-        return await _encrypt(self._core, bare_jids, plaintext, backend_priority_order, identifier)
+        return await _encrypt(self._omemo_core, bare_jids, plaintext, backend_priority_order, identifier)
 
     async def decrypt(self, message: Message) -> Tuple[Optional[bytes], DeviceInformation, PlainKeyMaterial]:
         """Decrypt a message, transactionally.
@@ -666,7 +666,7 @@ class SessionManager(ABC):
             KeyExchangeFailed: forwarded from ``Backend.build_session_passive``.
             DecryptionFailed: forwarded from the backend (TooManySkippedMessageKeys too).
         """
-        return await _decrypt(self._core, message)
+        return await _decrypt(self._omemo_core, message)
 
     # -- helpers ------------------------------------------------------------------------------------
 

@@ -707,11 +707,11 @@ class Account:
 
     @property
     def device_id(self) -> int:
-        return int(self.manager._core.own_device_id)
+        return int(self.manager._omemo_core.own_device_id)
 
     @property
     def identity_key(self) -> bytes:
-        return bytes(self.manager._core.identity_key)
+        return bytes(self.manager._omemo_core.identity_key)
 
     async def receive_all(self) -> List[Tuple[Optional[bytes], Any, Any]]:
         """Decrypt everything in this device's inbox, in order."""

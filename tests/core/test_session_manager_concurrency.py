@@ -102,7 +102,9 @@ async def test_concurrent_encrypts_never_reuse_message_keys() -> None:
     assert sorted(p for p, _, _ in decrypted) == sorted(b"m%d" % i for i in range(count))
     stored = await bob.backends[NS_A].load_session(ALICE, alice.device_id)
     assert isinstance(stored, FakeSession) and len(stored.seen) == count + 1
-    assert len(alice.manager._core.session_locks) == 0 and len(bob.manager._core.session_locks) == 0
+    assert (
+        len(alice.manager._omemo_core.session_locks) == 0 and len(bob.manager._omemo_core.session_locks) == 0
+    )
 
 
 async def test_concurrent_key_exchanges_consume_distinct_pre_keys() -> None:
@@ -145,7 +147,7 @@ async def test_mixed_operations_in_parallel() -> None:
     random.Random(5).shuffle(messages)
     decrypted = await asyncio.gather(*(bob.manager.decrypt(m) for m in messages))
     assert sorted(p for p, _, _ in decrypted) == sorted(b"%d" % i for i in range(10))
-    ids = await manager._core.devices.device_ids(BOB)
+    ids = await manager._omemo_core.devices.device_ids(BOB)
     assert len(ids) == len(set(ids)) == 11  # bob's device + the ten announced ones, each once
     session = await alice.backends[NS_A].load_session(BOB, bob.device_id)
     assert isinstance(session, FakeSession) and session.sending_chain_length == 10

@@ -30,18 +30,18 @@ async def test_update_device_list_bookkeeping() -> None:
     await manager.update_device_list(NS_A, BOB, {1: None, 2: None})
     await manager.update_device_list(NS_B, BOB, {2: None, 3: None})
     await manager.update_device_list(NS_A, BOB, {1: None})  # 2 left NS_A
-    records = {dev: await manager._core.devices.load(BOB, dev) for dev in (1, 2, 3)}
+    records = {dev: await manager._omemo_core.devices.load(BOB, dev) for dev in (1, 2, 3)}
     assert records[1].namespaces == (NS_A,) and records[1].active == {NS_A: True}
     assert set(records[2].namespaces) == {NS_A, NS_B} and records[2].active == {NS_A: False, NS_B: True}
     assert records[3].namespaces == (NS_B,) and records[3].active == {NS_B: True}
-    assert await manager._core.devices.device_ids(BOB) == [1, 2, 3]
+    assert await manager._omemo_core.devices.device_ids(BOB) == [1, 2, 3]
     await manager.update_device_list(NS_A, BOB, {})  # never forgets devices
-    assert await manager._core.devices.device_ids(BOB) == [1, 2, 3]
+    assert await manager._omemo_core.devices.device_ids(BOB) == [1, 2, 3]
     with pytest.raises(UnknownNamespace, match="urn:nope"):
         await manager.update_device_list("urn:nope", BOB, {1: None})
     # Ids from the network outside 1..2**31-1 are dropped; a wrong label type is a TypeError.
     await manager.update_device_list(NS_A, BOB, {0: None, 2**31: None, 4: None})
-    assert await manager._core.devices.device_ids(BOB) == [1, 2, 3, 4]
+    assert await manager._omemo_core.devices.device_ids(BOB) == [1, 2, 3, 4]
     with pytest.raises(TypeError, match="label of device 5"):
         await manager.update_device_list(NS_A, BOB, {5: 42})
     await manager.shutdown()
@@ -72,7 +72,7 @@ async def test_signed_labels_are_verified() -> None:
     bob = await make_account(net, BOB, label="bob's phone")
     # Bob's identity key is not known yet: the label waits for it.
     await alice.manager.refresh_device_list(NS_A, BOB)
-    assert (await alice.manager._core.devices.load(BOB, bob.device_id)).label is None
+    assert (await alice.manager._omemo_core.devices.load(BOB, bob.device_id)).label is None
     (info,) = await alice.manager.get_device_information(BOB)
     assert info.label == "bob's phone"
     # A bad signature is ignored; the verified label stays.
@@ -208,7 +208,7 @@ async def test_namespaces_without_active_flag_are_repaired() -> None:
     alice = await make_account(net, ALICE, storage=storage)
     await alice.manager.update_device_list(NS_A, BOB, {5: None})
     await storage.store(f"/devices/{BOB}/5/namespaces", [NS_A, NS_B])
-    record = await alice.manager._core.devices.load(BOB, 5)
+    record = await alice.manager._omemo_core.devices.load(BOB, 5)
     assert record.namespaces == (NS_A,)
     assert storage.snapshot()[f"/devices/{BOB}/5/namespaces"] == [NS_A]
 

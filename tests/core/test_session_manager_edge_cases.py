@@ -42,8 +42,8 @@ async def test_own_device_information_when_not_listed() -> None:
     net = InMemoryXMPP()
     alice = await make_account(net, ALICE, label="x")
     del net.bundles[(NS_A, ALICE, alice.device_id)]
-    await alice.manager._core.devices.store_identity_key(ALICE, alice.device_id, alice.identity_key)
-    await alice.manager._core.devices.delete_device_ids(ALICE)
+    await alice.manager._omemo_core.devices.store_identity_key(ALICE, alice.device_id, alice.identity_key)
+    await alice.manager._omemo_core.devices.delete_device_ids(ALICE)
     own, others = await alice.manager.get_own_device_information()
     assert own.device_id == alice.device_id and own.identity_key == alice.identity_key
     assert own.label == "x" and others == frozenset()
@@ -120,14 +120,14 @@ async def test_persistent_upload_failure_keeps_bundle_dirty(caplog: Any) -> None
     with caplog.at_level(logging.WARNING, logger="omemo.core"):
         await bob.manager.encrypt(frozenset({ALICE}), {NS_A: b"y"})
     assert "still failing" in caplog.text
-    assert bob.manager._core.dirty_bundles == {NS_A}
+    assert bob.manager._omemo_core.dirty_bundles == {NS_A}
     net.clear_failures()
     await bob.manager.encrypt(frozenset({ALICE}), {NS_A: b"z"})
-    assert bob.manager._core.dirty_bundles == set()
+    assert bob.manager._omemo_core.dirty_bundles == set()
     net.fail("upload_bundle", bare_jid=BOB)
     with pytest.raises(BundleUploadFailed):
-        await bob.manager._core.upload_bundle(bob.backends[NS_A])
-    assert bob.manager._core.dirty_bundles == {NS_A}
+        await bob.manager._omemo_core.upload_bundle(bob.backends[NS_A])
+    assert bob.manager._omemo_core.dirty_bundles == {NS_A}
 
 
 async def test_manual_trust_helpers_and_replace_without_session() -> None:
@@ -159,7 +159,7 @@ async def test_notifications_skip_managers_without_the_backend() -> None:
     net.subscribe(alice.manager)
     await make_account(net, BOB, (NS_B,))
     await net.flush_notifications()  # NS_B lists are ignored by Alice's manager
-    assert await alice.manager._core.devices.device_ids(BOB) == []
+    assert await alice.manager._omemo_core.devices.device_ids(BOB) == []
 
 
 async def test_rejects_non_positive_rotation_period() -> None:

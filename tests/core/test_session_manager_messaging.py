@@ -215,7 +215,7 @@ async def test_decrypt_errors() -> None:
     (message,) = messages
     with pytest.raises(MessageNotForUs, match=carol.jid):
         await carol.manager.decrypt(message)
-    with pytest.raises(UnknownNamespace):
+    with pytest.raises(UnknownNamespace, match=f"device {alice.device_id} of {ALICE}"):
         await bob.manager.decrypt(message._replace(namespace=NS_B))
     # A device that is not in any device list.
     with pytest.raises(SenderNotFound, match="4242"):
@@ -406,10 +406,10 @@ async def test_failed_bundle_upload_after_pre_key_use_is_retried() -> None:
     net.fail("upload_bundle", bare_jid=BOB)
     [(plaintext, _, _)] = await bob.receive_all()
     assert plaintext == b"hi"
-    assert bob.manager._core.dirty_bundles == {NS_A}
+    assert bob.manager._omemo_core.dirty_bundles == {NS_A}
     published = net.bundles[(NS_A, BOB, bob.device_id)]
     await bob.manager.encrypt(frozenset({ALICE}), {NS_A: b"x"})
-    assert bob.manager._core.dirty_bundles == set()
+    assert bob.manager._omemo_core.dirty_bundles == set()
     assert net.bundles[(NS_A, BOB, bob.device_id)] != published
 
 

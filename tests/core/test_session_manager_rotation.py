@@ -194,7 +194,7 @@ def test_twisted_framework(monkeypatch: pytest.MonkeyPatch) -> None:
     }
     alice = _run(make_account(net, ALICE, **kwargs))
     bob = _run(make_account(net, BOB, **kwargs))
-    assert isinstance(alice.manager._core.runtime, runtime.TwistedRuntime)
+    assert isinstance(alice.manager._omemo_core.runtime, runtime.TwistedRuntime)
 
     messages, errors = _run(alice.manager.encrypt(frozenset({BOB}), {NS_A: b"over twisted"}))
     assert not errors

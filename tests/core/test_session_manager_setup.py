@@ -39,7 +39,7 @@ async def test_first_run_sets_everything_up() -> None:
         assert dev in net.device_lists[(ns, JID)]
         assert (ns, JID, dev) in net.bundles
         assert len(await alice.backends[ns].visible_pre_key_ids()) == 100
-    assert alice.manager._core.history_sync is True
+    assert alice.manager._omemo_core.history_sync is True
     own, others = await alice.manager.get_own_device_information()
     assert own.device_id == dev and others == frozenset()
     assert own.namespaces == frozenset({NS_A, NS_B})
@@ -170,7 +170,7 @@ async def test_purge_backend_of_loaded_backend() -> None:
     assert (NS_B, JID, dev) not in net.bundles
     assert "/urn:example:fake:b/state" not in storage.snapshot()
     assert "purge" in alice.backends[NS_B].calls
-    assert alice.manager._core.namespaces() == [NS_A]
+    assert alice.manager._omemo_core.namespaces() == [NS_A]
     assert [b.namespace for b in alice.manager._SessionManager__backends] == [NS_A]
     await alice.manager.shutdown()
 

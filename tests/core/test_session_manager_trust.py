@@ -156,4 +156,4 @@ async def test_trust_is_per_identity_key_and_shared_by_devices_with_that_key() -
     (info,) = await alice.manager.get_device_information(BOB)
     assert info.trust_level_name == "DISTRUSTED"
     # The same key under another JID is a different trust entry.
-    assert await alice.manager._core.devices.trust(CAROL, bob.identity_key, "UNDECIDED") == "UNDECIDED"
+    assert await alice.manager._omemo_core.devices.trust(CAROL, bob.identity_key, "UNDECIDED") == "UNDECIDED"
