@@ -66,7 +66,7 @@ UNKNOWN_SPK_ID = -1
 
 _KEY_STATE_VERSION = 1
 _SESSION_VERSION = 1
-_SESSION_HEADER = struct.Struct(">BBBIi32s32sB")
+_SESSION_HEADER = struct.Struct(">BBBii32s32sB")
 
 
 def _b64(value: bytes) -> str:
@@ -497,7 +497,9 @@ class EngineBackend(Backend):
         """Our identity (private scalar, Ed25519 public key)."""
         if self._identity is None:
             identity = await IdentityKeyPair.get(self._storage)
-            self._identity_priv = identity.as_priv().priv
+            # Clamped, as the public key is derived from the clamped scalar: migrated legacy data may
+            # hold an unclamped private key, and XEdDSA signs with the scalar as given.
+            self._identity_priv = xeddsa.clamp(identity.as_priv().priv)
             self._identity = identity
         return self._identity_priv, self._identity.identity_key
 
