@@ -95,25 +95,29 @@ async def set_up_backends(core: Core) -> None:
 
 
 async def purge_backend(core: Core, namespace: str) -> None:
-    """See :meth:`SessionManager.purge_backend`."""
+    """See :meth:`SessionManager.purge_backend`.
+
+    Online data goes first (device list entry, then bundle), local data last: if a step fails, the
+    namespace is still recorded as the own device's, so the next ``create`` without that backend
+    retries the purge.
+    """
     manager = core.manager
     jid, own_id = core.own_bare_jid, core.own_device_id
     device_list = dict(await manager._download_device_list(namespace, jid))
     if own_id in device_list:
         del device_list[own_id]
         await manager._upload_device_list(namespace, device_list)
+    await manager._delete_bundle(namespace, own_id)
     async with core.jid_locks.hold(jid):
         own = await core.devices.load(jid, own_id)
-        await core.devices.store_namespaces(
-            jid, own_id, {ns: flag for ns, flag in own.active.items() if ns != namespace}
-        )
+        remaining = {ns: flag for ns, flag in own.active.items() if ns != namespace}
+        await core.devices.store_namespaces(jid, own_id, remaining)
     for backend in list(core.backends):
         if backend.namespace == namespace:
             core.backends.remove(backend)
             async with core.backend_locks.hold(namespace):
                 await backend.purge()
     core.dirty_bundles.discard(namespace)
-    await manager._delete_bundle(namespace, own_id)
 
 
 async def purge_bare_jid(core: Core, bare_jid: str) -> None:

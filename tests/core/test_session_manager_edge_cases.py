@@ -9,10 +9,13 @@ import pytest
 
 from omemo.backend import DecryptionFailed
 from omemo.session_manager import (
+    BundleDeletionFailed,
     BundleUploadFailed,
+    DeviceListDownloadFailed,
     NoEligibleDevices,
     UnknownNamespace,
 )
+from omemo.storages import MemoryStorage
 from omemo.testing import InMemoryXMPP
 from omemo.trust import ManualTrust
 
@@ -165,3 +168,51 @@ async def test_notifications_skip_managers_without_the_backend() -> None:
 async def test_rejects_non_positive_rotation_period() -> None:
     with pytest.raises(ValueError, match="signed_pre_key_rotation_period"):
         await make_account(InMemoryXMPP(), ALICE, signed_pre_key_rotation_period=0)
+
+
+async def test_forwarded_xmpp_failures() -> None:
+    net = InMemoryXMPP()
+    storage = MemoryStorage(serialize=True)
+    alice = await make_account(net, ALICE, (NS_A, NS_B), storage=storage)
+    with pytest.raises(UnknownNamespace):
+        await alice.manager.refresh_device_list("urn:nope", BOB)
+    net.fail("download_device_list", namespace=NS_A)
+    with pytest.raises(DeviceListDownloadFailed):
+        await alice.manager.set_own_label("new")
+    net.fail("delete_bundle", namespace=NS_B)
+    with pytest.raises(BundleDeletionFailed):
+        await alice.manager.purge_backend(NS_B)
+    await alice.manager.shutdown()
+    # Reloading without NS_B retries the purge; a failing deletion is forwarded by create().
+    net.fail("delete_bundle", namespace=NS_B)
+    with pytest.raises(BundleDeletionFailed):
+        await make_account(net, ALICE, (NS_A,), storage=storage)
+    again = await make_account(net, ALICE, (NS_A,), storage=storage)
+    assert (NS_B, ALICE, again.device_id) not in net.bundles
+    await again.manager.shutdown()
+
+
+async def test_encrypt_for_own_devices_only_and_purge_drops_queue() -> None:
+    net = InMemoryXMPP()
+    alice1 = await make_account(net, ALICE)
+    alice2 = await make_account(net, ALICE, history_sync=True)
+    await alice1.manager.refresh_device_list(NS_A, ALICE)
+    messages, errors = await alice1.manager.encrypt(frozenset(), {NS_A: b"note to self"})
+    assert not errors
+    for message in messages:
+        net.send(message)
+    assert (await alice2.receive_all())[0][0] == b"note to self"
+    # Nothing to encrypt for at all: no message, no error.
+    lonely = await make_account(InMemoryXMPP(), BOB)
+    assert await lonely.manager.encrypt(frozenset(), {NS_A: b"x"}) == ({}, frozenset())
+    # alice2 owes alice1 an empty message (history sync); purging... not possible for the own JID,
+    # so check the queue handling with a foreign JID instead.
+    bob = await make_account(net, BOB)
+    messages, _ = await bob.manager.encrypt(frozenset({ALICE}), {NS_A: b"hi"})
+    for message in messages:
+        net.send(message)
+    await alice2.receive_all()
+    assert alice2.storage.snapshot()[f"/queue/{NS_A}/{BOB}"] == [bob.device_id]  # type: ignore[attr-defined]
+    await alice2.manager.purge_bare_jid(BOB)
+    snapshot = alice2.storage.snapshot()  # type: ignore[attr-defined]
+    assert f"/queue/{NS_A}/{BOB}" not in snapshot and BOB not in snapshot[f"/queue/{NS_A}"]
