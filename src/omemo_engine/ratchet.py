@@ -185,8 +185,6 @@ class RatchetState:
             raise InvalidState(f"ratchet state record has unknown flags 0x{flags:02x}")
         if len(skipped) != count:
             raise InvalidState("ratchet state record lists a skipped message key twice")
-        if len(ad) != ad_len:
-            raise InvalidState("ratchet state record is truncated")
         counters = (sending_n, recv, receiving_n, pn)
         return cls(bool(flags & 1), ad, root, own_priv, own_pub, other, send, *counters, skipped)
 
