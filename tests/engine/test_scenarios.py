@@ -199,6 +199,21 @@ def test_lost_messages(profile: Profile) -> None:
     assert len(pair.bob.skipped) == 2
 
 
+@BOTH
+def test_loss_on_both_sides_of_a_ratchet_step(profile: Profile) -> None:
+    # One message skips the old chain's tail (pn) and the new chain's head (n) at once.
+    pair = open_session(profile, "lost-both-sides")
+    old_tail = pair.send("alice", b"old tail")
+    pair.exchange("bob", b"step")  # Alice steps her ratchet: a new sending chain
+    new_head = pair.send("alice", b"new head")
+    pair.exchange("alice", b"skips both")
+    old_key, new_key = list(pair.bob.skipped)
+    assert old_key[0] != new_key[0]  # one skipped key in each chain
+    assert (old_key[1], new_key[1]) == (1, 0)
+    assert pair.receive("bob", new_head) == b"new head"
+    assert pair.receive("bob", old_tail) == b"old tail"
+
+
 # --- replays and tampering -------------------------------------------------------------------------
 
 
