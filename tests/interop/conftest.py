@@ -17,10 +17,8 @@ from typing import Iterator
 
 import pytest
 
-from .harness import Network
+from .harness import OURS_OVERRIDE_VARIABLE, Network
 from .refenv import ReferenceEnvError, ensure_reference_env
-
-OURS_OVERRIDE_VARIABLE = "OMEMO_INTEROP_OURS_PYTHON"
 
 
 @pytest.fixture(scope="session")

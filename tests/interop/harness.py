@@ -35,6 +35,7 @@ __all__ = [
     "BACKEND_NAMESPACES",
     "NS_OLDMEMO",
     "NS_TWOMEMO",
+    "OURS_OVERRIDE_VARIABLE",
     "PEER_SCRIPT",
     "Decrypted",
     "Network",
@@ -53,6 +54,8 @@ NS_TWOMEMO = "urn:xmpp:omemo:2"
 NS_OLDMEMO = "eu.siacs.conversations.axolotl"
 BACKEND_NAMESPACES = {"twomemo": NS_TWOMEMO, "oldmemo": NS_OLDMEMO}
 PEER_SCRIPT = Path(__file__).with_name("peer.py")
+# Names an interpreter to use instead of the test runner's for "our" peers (see conftest.py).
+OURS_OVERRIDE_VARIABLE = "OMEMO_INTEROP_OURS_PYTHON"
 
 # Environment variables that could make a peer import something other than its own venv's stack.
 _SCRUBBED_ENV = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONSAFEPATH")

@@ -21,10 +21,10 @@ from typing import Any, Sequence
 
 import pytest
 
-from .conftest import OURS_OVERRIDE_VARIABLE
 from .harness import (
     NS_OLDMEMO,
     NS_TWOMEMO,
+    OURS_OVERRIDE_VARIABLE,
     Network,
     Peer,
     PeerCommandError,
