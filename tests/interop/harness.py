@@ -29,7 +29,7 @@ import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 __all__ = [
     "BACKEND_NAMESPACES",
@@ -520,14 +520,14 @@ class Network:
         Returns:
             The peer.
         """
-        peer.call("import", items=self.pep_items(), notify=False)
-        peer.create(jid, backends, **options)
-        self._notify_device_lists(peer)
+        self._log_in(peer, lambda: peer.create(jid, backends, **options))
         self.peers.append(peer)
         self.sync()
         return peer
 
-    def _notify_device_lists(self, peer: Peer) -> None:
+    def _log_in(self, peer: Peer, create: Callable[[], object]) -> None:
+        peer.call("import", items=self.pep_items(), notify=False)
+        create()
         # What subscribing with +notify does at login: the current item of every device list.
         items = [item for item in self.pep_items() if item["kind"] == "device_list"]
         peer.call("import", items=items, notify=True)
@@ -541,9 +541,7 @@ class Network:
         """
         peer.stop(kill=kill)
         peer.start()
-        peer.call("import", items=self.pep_items(), notify=False)
-        peer.recreate()
-        self._notify_device_lists(peer)
+        self._log_in(peer, peer.recreate)
         self.sync()
 
     def sync(self) -> None:
