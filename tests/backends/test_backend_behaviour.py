@@ -35,6 +35,7 @@ from omemo.backend import (
     TooManySkippedMessageKeys,
 )
 from omemo.session import Initiation
+from omemo_engine import xeddsa
 from omemo_engine._primitives import hkdf_sha256, hmac_sha256
 from omemo_engine.errors import MalformedXML
 
@@ -1095,3 +1096,75 @@ async def test_skipped_keys_across_a_dh_ratchet_step(
     await bob.backend.store_session(b_session)
     await exchange(alice, bob, b"the conversation goes on")
     await exchange(bob, alice, b"the conversation goes on, reply")
+
+
+async def test_mutated_key_exchanges_and_messages_fail_with_backend_exceptions(
+    backend_cls: type[EngineBackend],
+) -> None:
+    """Every single-bit mutation of a key exchange or ratchet message either does not parse
+    (MalformedMessage, a ValueError, raised by the etree layer) or fails in the backend with a
+    BackendException; nothing else escapes.
+
+    The only mutations that may build a session are those that do not change the key agreement:
+    bit 255 of an X25519 public key (ignored by X25519, RFC 7748 section 5: the ephemeral key, and
+    legacy's Curve25519 identity key) and the low nibble of legacy's version byte (PROTOCOL.md 4.3;
+    a PreKeySignalMessage has no MAC of its own and the inner SignalMessage is unchanged).
+    """
+    alice = await make_device(backend_cls, "alice@example.org", 1)
+    bob = await make_device(backend_cls, "bob@example.org", 2)
+    bundle = await bob.backend.get_bundle(bob.bare_jid, bob.device_id)
+    _, key_material = await alice.backend.encrypt_plaintext(b"x")
+    a_session, encrypted = await alice.backend.build_session_active(
+        bob.bare_jid, bob.device_id, bundle, key_material
+    )
+    assert isinstance(a_session, EngineSession) and isinstance(encrypted, EngineEncryptedKeyMaterial)
+    kex = a_session.key_exchange
+    wire = kex.serialize(encrypted.encrypted_message)  # type: ignore[attr-defined]
+    sign_bit = xeddsa.ed25519_pub_sign_bit(kex.identity_key)
+    harmless = {(wire.index(kex.ephemeral_key) + 31, 0x80)}
+    if backend_cls is oldmemo.Oldmemo:
+        harmless |= {(0, 0x01), (0, 0x02), (0, 0x04), (0, 0x08)}
+        harmless.add((wire.index(xeddsa.ed25519_pub_to_curve25519_pub(kex.identity_key)) + 31, 0x80))
+
+    def parse_kex(data: bytes) -> tuple[Any, bytes]:
+        if backend_cls is twomemo.Twomemo:
+            return twomemo.twomemo.KeyExchangeImpl.parse(data)
+        return oldmemo.oldmemo.KeyExchangeImpl.parse(data, sign_bit)
+
+    outcomes = {"unparsable": 0, "rejected": 0, "harmless": 0}
+    for i in range(len(wire)):
+        for bit in (0x01, 0x02, 0x04, 0x08, 0x80):
+            mutated = bytearray(wire)
+            mutated[i] ^= bit
+            try:
+                parsed, message = parse_kex(bytes(mutated))
+            except ValueError:
+                outcomes["unparsable"] += 1
+                continue
+            try:
+                await bob.backend.build_session_passive(
+                    alice.bare_jid, alice.device_id, parsed, replaced(encrypted, message)
+                )
+            except BackendException:
+                outcomes["rejected"] += 1
+            else:
+                assert (i, bit) in harmless, (i, bit)
+                outcomes["harmless"] += 1
+    assert outcomes["rejected"] > 0 and outcomes["harmless"] == len(harmless)
+    assert await bob.backend.get_num_visible_pre_keys() == 100
+
+    a_session, b_session = await establish(alice, bob)
+    _, enc, _ = await send(alice, bob, a_session, b"y")
+    assert isinstance(enc, EngineEncryptedKeyMaterial)
+    before = b_session.state
+    for i in range(len(enc.encrypted_message)):
+        for bit in (0x01, 0x80):
+            with pytest.raises(BackendException):
+                await bob.backend.decrypt_key_material(b_session, tampered_bit(enc, i, bit))
+    assert b_session.state is before
+
+
+def tampered_bit(enc: EngineEncryptedKeyMaterial, index: int, bit: int) -> EngineEncryptedKeyMaterial:
+    data = bytearray(enc.encrypted_message)
+    data[index] ^= bit
+    return type(enc)(enc.bare_jid, enc.device_id, bytes(data))
