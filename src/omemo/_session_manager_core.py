@@ -441,6 +441,18 @@ class Core:
         async with self.backend_locks.hold(backend.namespace):
             await backend.store_session(session)
 
+    async def store_sessions(self, backend: Backend, sessions: List[Session]) -> None:
+        """Persist several sessions of one backend in one storage transaction where available.
+
+        One transaction instead of one commit per session matters for large group chats on SQLite.
+        The session locks are held by the caller.
+        """
+        if not sessions:
+            return
+        async with self.backend_locks.hold(backend.namespace), self.transaction():
+            for session in sessions:
+                await backend.store_session(session)
+
     async def send_empty_message(self, backend: Backend, session: Session) -> None:
         """Encrypt, store and send an empty message over a session (its session lock held).
 

@@ -246,6 +246,7 @@ async def encrypt(
         unreachable = frozenset(jid for jid in recipients if jid != core.own_bare_jid and jid not in reached)
         if unreachable:
             raise NoEligibleDevices(unreachable, _explain(unreachable, errors))
-        for backend, session in touched:
-            await core.store_session(backend, session)
+        for namespace in used:
+            backend = core.backend(namespace)
+            await core.store_sessions(backend, [session for owner, session in touched if owner is backend])
     return messages, frozenset(errors)

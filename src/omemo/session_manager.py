@@ -9,17 +9,24 @@ This module is the only layer of the library that awaits storage and XMPP; the p
 the backends. The implementation is split over private modules: ``_session_manager_core`` (state,
 locking rules, device lists, device information, pre keys and empty messages),
 ``_session_manager_encrypt``, ``_session_manager_decrypt`` (transactional decryption),
-``_session_manager_rotation`` (background signed pre key rotation) and ``_session_manager_runtime``
-(asyncio/Twisted adapter).
+``_session_manager_maintenance`` (set-up, purging, session replacement, history-sync queue),
+``_session_manager_rotation`` (background signed pre key rotation), ``_session_manager_devices``
+(storage records) and ``_session_manager_runtime`` (asyncio/Twisted adapter).
 
-Differences from python-omemo that callers may notice (all compatible with the 1.0.2 contract):
+Differences from python-omemo that callers may notice (all within the 1.0.2 contract):
 
 - concurrent calls are safe (see ``_session_manager_core`` for the locking rules);
 - a failure to publish the bundle or to send an automatic empty message after a successful decryption
   does not raise: the plaintext is returned, the bundle upload is retried on the next operation and the
   empty message is queued until :meth:`SessionManager.after_history_sync`;
+- backend errors raised by :meth:`SessionManager.decrypt` name the sending device;
+  ``NoEligibleDevices`` and ``StillUndecided`` say which devices and why;
+- ``encrypt`` downloads the device lists of recipients nothing is known about yet;
 - the signed pre key rotation retry delay really doubles (60 s up to 1 h);
-- ``sign_own_label`` is only called on backends whose ``supports_labels`` is true.
+- ``sign_own_label`` is only called on backends whose ``supports_labels`` is true; backends without it
+  (legacy namespace, 1.0.2-era backends) get and give unsigned labels;
+- ``clear_device_lists`` keeps this device in the uploaded lists;
+- ``purge_bare_jid`` refuses the own JID and also drops the JID's queued empty messages.
 """
 
 from __future__ import annotations
@@ -159,7 +166,7 @@ class SessionManager(ABC):
             :meth:`after_history_sync` once catch-up is done).
 
         Raises:
-            ValueError: duplicate namespaces or a threshold outside 25..99.
+            ValueError: duplicate namespaces, a threshold outside 25..99 or a non-positive period.
             BundleUploadFailed: forwarded from ``_upload_bundle``.
             BundleDeletionFailed: forwarded from ``_delete_bundle``.
             DeviceListUploadFailed: forwarded from ``_upload_device_list``.

@@ -15,6 +15,7 @@ from omemo.session_manager import (
     NoEligibleDevices,
     UnknownNamespace,
 )
+from omemo.storage import StorageException
 from omemo.storages import MemoryStorage
 from omemo.testing import InMemoryXMPP
 from omemo.trust import ManualTrust
@@ -216,3 +217,26 @@ async def test_encrypt_for_own_devices_only_and_purge_drops_queue() -> None:
     await alice2.manager.purge_bare_jid(BOB)
     snapshot = alice2.storage.snapshot()  # type: ignore[attr-defined]
     assert f"/queue/{NS_A}/{BOB}" not in snapshot and BOB not in snapshot[f"/queue/{NS_A}"]
+
+
+async def test_commit_is_atomic_with_a_transactional_storage(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Session store and pre key deletion are one storage transaction: a failure rolls both back."""
+    net = InMemoryXMPP()
+    alice = await make_account(net, ALICE)
+    bob = await make_account(net, BOB)
+    messages, _ = await alice.manager.encrypt(frozenset({BOB}), {NS_A: b"x"})
+    (message,) = messages
+    original = FakeBackend.delete_pre_key
+
+    async def failing(self: FakeBackend, session: Any) -> bool:
+        await original(self, session)
+        raise StorageException("disk full")
+
+    monkeypatch.setattr(FakeBackend, "delete_pre_key", failing)
+    visible = await bob.backends[NS_A].visible_pre_key_ids()
+    with pytest.raises(StorageException):
+        await bob.manager.decrypt(message)
+    assert await bob.backends[NS_A].load_session(ALICE, alice.device_id) is None
+    assert await bob.backends[NS_A].visible_pre_key_ids() == visible
+    monkeypatch.setattr(FakeBackend, "delete_pre_key", original)
+    assert (await bob.manager.decrypt(message))[0] == b"x"
