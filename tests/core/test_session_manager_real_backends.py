@@ -1,0 +1,113 @@
+"""End to end with the real backends (``twomemo`` and ``oldmemo``) on the in-memory XMPP.
+
+The toy backend covers the orchestration in detail; this file checks that the session manager drives
+the real protocol implementations the same way: both namespaces, priority order, key exchange
+completion, history sync with pre key hiding, signed labels (OMEMO 2) next to label-less legacy
+OMEMO, session replacement and SQLite persistence across a restart.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, List, Optional, Tuple
+
+import oldmemo
+import twomemo
+from omemo.storage import Storage
+from omemo.storages import MemoryStorage, SQLiteStorage
+from omemo.testing import InMemoryXMPP
+from omemo.trust import BTBVTrust
+from omemo.types import SignedLabel
+
+ALICE, BOB = "alice@example.org", "bob@example.org"
+NS2, NSL = twomemo.twomemo.NAMESPACE, oldmemo.oldmemo.NAMESPACE
+
+
+async def _create(
+    net: InMemoryXMPP, jid: str, storage: Storage, label: Optional[str] = None, legacy_first: bool = False
+) -> Any:
+    backends: List[Any] = [twomemo.Twomemo(storage), oldmemo.Oldmemo(storage)]
+    if legacy_first:
+        backends.reverse()
+    cls = net.session_manager_class(jid, BTBVTrust)
+    return await cls.create(backends, storage, jid, label, BTBVTrust.UNDECIDED)
+
+
+async def _deliver(net: InMemoryXMPP, manager: Any, jid: str) -> List[Tuple[Optional[bytes], Any, Any]]:
+    own, _ = await manager.get_own_device_information()
+    return [await manager.decrypt(message) for message in net.take(jid, own.device_id)]
+
+
+async def test_both_namespaces_end_to_end() -> None:
+    net = InMemoryXMPP()
+    alice = await _create(net, ALICE, MemoryStorage(), label="alice phone")
+    bob = await _create(net, BOB, MemoryStorage())
+    await alice.after_history_sync()
+    await bob.after_history_sync()
+    for order in ([NS2, NSL], [NSL, NS2]):
+        messages, errors = await alice.encrypt(
+            frozenset({BOB}), {NS2: b"<envelope/>", NSL: b"body"}, backend_priority_order=order
+        )
+        assert not errors and [m.namespace for m in messages] == [order[0]]
+        for message in messages:
+            net.send(message)
+        [(plaintext, sender, _)] = await _deliver(net, bob, BOB)
+        assert plaintext == (b"<envelope/>" if order[0] == NS2 else b"body")
+        assert sender.label == "alice phone" and sender.trust_level_name == "UNDECIDED"
+        # The key exchange is completed automatically.
+        [(empty, _, _)] = await _deliver(net, alice, ALICE)
+        assert empty is None
+    # Signed label in the OMEMO 2 list, label-less (unsigned, dropped on the wire) in the legacy list.
+    own, _ = await alice.get_own_device_information()
+    entry2 = net.device_lists[(NS2, ALICE)][own.device_id]
+    entry_legacy = net.device_lists[(NSL, ALICE)][own.device_id]
+    assert isinstance(entry2, SignedLabel) and entry2.signature
+    assert entry_legacy == SignedLabel("alice phone", b"")
+    # Replacement of broken sessions reaches Bob in both namespaces.
+    (bob_device,) = await alice.get_device_information(BOB)
+    assert await alice.replace_sessions(bob_device) == {}
+    results = await _deliver(net, bob, BOB)
+    assert [r[0] for r in results] == [None, None]
+    await alice.shutdown()
+    await bob.shutdown()
+
+
+async def test_history_sync_and_restart_with_sqlite(tmp_path: Path) -> None:
+    net = InMemoryXMPP()
+    async with SQLiteStorage(tmp_path / "alice.db") as alice_storage:
+        alice = await _create(net, ALICE, alice_storage)
+        await alice.after_history_sync()
+        async with SQLiteStorage(tmp_path / "bob.db") as bob_storage:
+            bob = await _create(net, BOB, bob_storage)  # stays in history sync mode
+            for text in (b"one", b"two"):
+                messages, _ = await alice.encrypt(frozenset({BOB}), {NS2: text, NSL: text})
+                for message in messages:
+                    net.send(message)
+            assert [r[0] for r in await _deliver(net, bob, BOB)] == [b"one", b"two"]
+            own_alice, _ = await alice.get_own_device_information()
+            assert net.inbox(ALICE, own_alice.device_id) == []  # deferred
+            await bob.after_history_sync()
+            assert len(net.inbox(ALICE, own_alice.device_id)) == 1  # one per session
+            await bob.shutdown()
+        # Restart Bob from his database: same device, sessions intact.
+        async with SQLiteStorage(tmp_path / "bob.db") as bob_storage:
+            bob = await _create(net, BOB, bob_storage)
+            await bob.after_history_sync()
+            await _deliver(net, alice, ALICE)
+            messages, _ = await alice.encrypt(frozenset({BOB}), {NS2: b"three", NSL: b"three"})
+            for message in messages:
+                assert all(kex is None for _, kex in message.keys)  # confirmed session
+                net.send(message)
+            assert [r[0] for r in await _deliver(net, bob, BOB)] == [b"three"]
+            await bob.shutdown()
+        await alice.shutdown()
+
+
+async def test_legacy_first_priority_by_load_order() -> None:
+    net = InMemoryXMPP()
+    alice = await _create(net, ALICE, MemoryStorage(), legacy_first=True)
+    bob = await _create(net, BOB, MemoryStorage())
+    messages, _ = await alice.encrypt(frozenset({BOB}), {NS2: b"x", NSL: b"y"})
+    assert [m.namespace for m in messages] == [NSL]
+    await alice.shutdown()
+    await bob.shutdown()
