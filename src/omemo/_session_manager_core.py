@@ -57,7 +57,7 @@ from .types import DeviceInformation, DeviceList, SignedLabel, TrustLevel
 if TYPE_CHECKING:
     from .session_manager import SessionManager
 
-__all__ = ["Core", "describe"]
+__all__ = ["BUNDLE_ERRORS", "PRE_KEY_TARGET", "Core", "describe", "supports_labels"]
 
 _log = logging.getLogger("omemo.core")
 
