@@ -85,7 +85,7 @@ class Timer:
 
 async def open_device(network: InMemoryXMPP, data_dir: Path, name: str, bare_jid: str) -> Device:
     storage = SQLiteStorage(data_dir / f"{name}.sqlite")
-    manager_class = network.session_manager_class(bare_jid, BTBVTrust)  # type: ignore[type-abstract]
+    manager_class = network.session_manager_class(bare_jid, BTBVTrust)
     manager = await manager_class.create(
         [twomemo.Twomemo(storage), oldmemo.Oldmemo(storage)],
         storage,
