@@ -483,6 +483,8 @@ class EngineBackend(Backend):
         self._identity_priv = b""
         self._keys: Optional[KeyState] = None
         self._index: Optional[dict[str, list[int]]] = None
+        #: Whether the reference backend's data was imported or found absent (see _reference_import).
+        self._reference_checked = False
         #: Injectable for tests: the RNG and the clock used by this backend.
         self._random_bytes: Callable[[int], bytes] = os.urandom
         self._clock: Callable[[], float] = time.time
@@ -514,13 +516,23 @@ class EngineBackend(Backend):
     async def _key_state(self) -> KeyState:
         if self._keys is None:
             stored = (await self._storage.load(self._prefix + "keys")).maybe(None)
-            if stored is None:
-                identity_priv, _ = await self._identity_key_pair()
-                self._keys = KeyState(self._new_signed_pre_key(1, identity_priv), None, {}, {}, 1)
-                await self._store_keys(self._keys)
-            else:
+            if stored is not None:
                 self._keys = KeyState.from_json(stored)
+            else:
+                await self._adopt_reference_data()  # may store imported keys (sets self._keys)
+                if self._keys is None:
+                    identity_priv, _ = await self._identity_key_pair()
+                    self._keys = KeyState(self._new_signed_pre_key(1, identity_priv), None, {}, {}, 1)
+                    await self._store_keys(self._keys)
         return self._keys
+
+    async def _adopt_reference_data(self) -> None:
+        """Import the reference backend's records once (:mod:`omemo._reference_import`)."""
+        if not self._reference_checked:
+            from ._reference_import import adopt_reference_data  # that module imports this one
+
+            await adopt_reference_data(self)
+            self._reference_checked = True
 
     async def _store_keys(self, keys: KeyState) -> None:
         await self._storage.store(self._prefix + "keys", keys.to_json())
@@ -552,7 +564,12 @@ class EngineBackend(Backend):
     async def load_session(self, bare_jid: str, device_id: int) -> Optional[EngineSession]:
         data = (await self._storage.load_bytes(self._session_key(bare_jid, device_id))).maybe(None)
         if data is None:
-            return None
+            if self._reference_checked:
+                return None
+            await self._adopt_reference_data()
+            data = (await self._storage.load_bytes(self._session_key(bare_jid, device_id))).maybe(None)
+            if data is None:
+                return None
         return self._decode_session(bare_jid, device_id, data)
 
     async def _session_index(self) -> dict[str, list[int]]:
@@ -840,15 +857,23 @@ class EngineBackend(Backend):
     # -- data management --------------------------------------------------------------------------------
 
     async def purge(self) -> None:
+        from ._reference_import import MARKER, delete_reference_data
+
+        await delete_reference_data(self._storage, self.namespace)
         index = await self._session_index()
         for bare_jid in list(index):
             await self._purge_sessions(index, bare_jid)
         await self._storage.delete(self._prefix + "session-jids")
         await self._storage.delete(self._prefix + "keys")
+        await self._storage.delete(self._prefix + MARKER)
         self._keys = None
         self._index = None
 
     async def purge_bare_jid(self, bare_jid: str) -> None:
+        from ._reference_import import delete_reference_sessions
+
+        await self._adopt_reference_data()  # so that imported sessions are purged, not imported later
+        await delete_reference_sessions(self._storage, self.namespace, bare_jid)
         index = await self._session_index()
         if bare_jid in index:
             await self._purge_sessions(index, bare_jid)
