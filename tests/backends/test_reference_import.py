@@ -469,3 +469,40 @@ async def test_pre_stable_records_of_the_reference_migration() -> None:
         assert session.initiation is Initiation(expected)
     check_key_state(vector, dict(storage.snapshot()))
     await check_sessions(vector, storage)
+
+
+def _paths(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    yield path
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _paths(item, (*path, key))
+    elif isinstance(value, list) and value:
+        yield from _paths(value[0], (*path, 0))
+
+
+@pytest.mark.parametrize("ns", NAMESPACES)
+async def test_any_malformed_record_gives_invalid_state_or_is_left_out(scenario: Scenario, ns: str) -> None:
+    """Every field of every reference record replaced by junk (or removed): InvalidState or skip."""
+    junk_values: List[Any] = [None, -1, True, "x", "\u0100", [], {}, 2.5, "A" * 32]
+    for key in [key for key in scenario.dump if key.startswith(f"/{ns}/")]:
+        for path in _paths(scenario.dump[key]):
+            for junk in [*junk_values, "<removed>"]:
+                dump = copy.deepcopy(scenario.dump)
+                if not path:
+                    dump[key] = junk
+                    if junk == "<removed>":
+                        del dump[key]
+                else:
+                    parent = dump[key]
+                    for step in path[:-1]:
+                        parent = parent[step]
+                    if junk == "<removed>":
+                        parent.pop(path[-1])
+                    else:
+                        parent[path[-1]] = junk
+                backend = BACKENDS[ns](MemoryStorage(dump, serialize=True))
+                try:
+                    await backend.load_session(BOB, scenario.bob.device_id)
+                    await backend.get_bundle(ALICE, 1)
+                except InvalidState:
+                    pass
