@@ -50,9 +50,11 @@ its reference records stay, and the other device's next key exchange builds a ne
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
@@ -63,6 +65,7 @@ from omemo_engine.profile import Profile
 from omemo_engine.ratchet import RatchetState
 
 from ._engine_backend import MAX_ID, KeyState, SignedPreKey
+from ._session_manager_runtime import AsyncioRuntime, Lock, TwistedRuntime
 from .session import Initiation
 from .storage import Storage
 
@@ -603,13 +606,42 @@ async def load_reference_sessions(
 # -- orchestration -----------------------------------------------------------------------------------------
 
 
+class _NoLock:
+    async def acquire(self) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+
+def _new_lock() -> Lock:
+    """A lock for the running framework: asyncio inside an asyncio task, else Twisted if present."""
+    try:
+        in_asyncio_task = asyncio.current_task() is not None
+    except RuntimeError:  # no running event loop
+        in_asyncio_task = False
+    if in_asyncio_task:
+        return AsyncioRuntime().new_lock()
+    try:
+        return TwistedRuntime().new_lock()
+    except ImportError:  # pragma: no cover - neither asyncio nor Twisted drives this coroutine
+        return _NoLock()
+
+
+#: One lock per backend instance, held while the import runs: concurrent callers (e.g. the signed
+#: pre key rotation task and a decryption at start-up) wait for it instead of importing again,
+#: which could overwrite a session that was used in between with its imported state.
+_LOCKS: weakref.WeakKeyDictionary[EngineBackend, Lock] = weakref.WeakKeyDictionary()
+
+
 async def adopt_reference_data(backend: EngineBackend) -> None:
     """Import the reference backend's data into ``backend``'s records, once per storage.
 
     Does nothing (and writes nothing) if the marker exists, if the backend has a key state of its
-    own already, or if there is no reference ``x3dh`` record, so a call costs at most three loads;
-    the backend calls it at most once per instance. After an import the marker records what was
-    imported and which sessions were left out. See the module docstring for the conversion.
+    own already, or if there is no reference ``x3dh`` record, so a call costs at most three loads.
+    After an import the marker records what was imported and which sessions were left out. See the
+    module docstring for the conversion. Concurrent calls for one backend are serialised; once one
+    has finished, ``backend._reference_checked`` is set and later calls return at once.
 
     Args:
         backend: the backend (its storage, profile, identity and session classes are used).
@@ -619,6 +651,20 @@ async def adopt_reference_data(backend: EngineBackend) -> None:
             the storage key). Corrupt sessions do not raise: they are logged and left out.
         StorageException: forwarded from the storage.
     """
+    lock = _LOCKS.get(backend)
+    if lock is None:
+        lock = _LOCKS[backend] = _new_lock()
+    await lock.acquire()
+    try:
+        if not backend._reference_checked:
+            await _adopt(backend)
+            backend._reference_checked = True
+    finally:
+        lock.release()
+
+
+async def _adopt(backend: EngineBackend) -> None:
+    """The work of :func:`adopt_reference_data`, under its lock."""
     storage = backend._storage
     prefix = backend._prefix
     if (await storage.load(prefix + MARKER)).is_just or (await storage.load(prefix + "keys")).is_just:

@@ -18,6 +18,7 @@ data; purge; the steady-state cost; pre-stable (reference-migrated legacy) recor
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import json
@@ -506,3 +507,46 @@ async def test_any_malformed_record_gives_invalid_state_or_is_left_out(scenario:
                     await backend.get_bundle(ALICE, 1)
                 except InvalidState:
                     pass
+
+
+class YieldingStorage(MemoryStorage):
+    """Yields to the event loop in every operation (so concurrent callers interleave) and counts stores."""
+
+    def __init__(self, data: Dict[str, Any]) -> None:
+        super().__init__(data, serialize=True)
+        self.stores: Dict[str, int] = {}
+
+    async def _load(self, key: str) -> Maybe[JSONType]:
+        await asyncio.sleep(0)
+        return await super()._load(key)
+
+    async def _store(self, key: str, value: JSONType) -> None:
+        await asyncio.sleep(0)
+        self.stores[key] = self.stores.get(key, 0) + 1
+        await super()._store(key, value)
+
+
+@pytest.mark.parametrize("ns", NAMESPACES)
+async def test_concurrent_first_uses_import_once(scenario: Scenario, ns: str) -> None:
+    storage = YieldingStorage(scenario.dump)
+    backend = BACKENDS[ns](storage)
+    session, bundle, _, missing = await asyncio.gather(
+        backend.load_session(BOB, scenario.bob.device_id),
+        backend.get_bundle(ALICE, scenario.alice.device_id),
+        backend.signed_pre_key_age(),
+        backend.load_session(CAROL, 1),
+    )
+    assert session is not None and missing is None and len(bundle.pre_keys) == 100
+    assert storage.stores[f"/{ns}/session/{BOB}/{scenario.bob.device_id}"] == 1
+    assert storage.stores[f"/{ns}/keys"] == 1
+    assert storage.stores[f"/{ns}/{MARKER}"] == 1
+
+
+def test_import_under_twisted(scenario: Scenario) -> None:
+    """Outside asyncio the import is serialised with a Twisted lock (coroutines driven by Deferreds)."""
+    from twisted.internet.defer import Deferred
+
+    backend = twomemo.Twomemo(MemoryStorage(scenario.dump, serialize=True))
+    results: List[Any] = []
+    Deferred.fromCoroutine(backend.load_session(BOB, scenario.bob.device_id)).addBoth(results.append)
+    assert len(results) == 1 and results[0] is not None and results[0].bare_jid == BOB
