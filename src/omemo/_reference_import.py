@@ -19,8 +19,9 @@ mixed with reference sessions (their pre key ids would name our unrelated pre ke
 imported in one go: all sessions first (each only if we have no record for that device), then the
 key state, then the marker ``/{namespace}/imported-reference`` (what was imported and what was left
 out), so an interrupted import is simply repeated on the next start. Steady state: a session that
-exists costs nothing extra; the first miss per process costs one or two loads (marker, ``keys``);
-later misses cost nothing extra.
+exists costs nothing extra; the first miss per backend instance costs two or three more loads
+(marker, ``keys`` unless the marker exists, the session record again); later misses cost one
+attribute check.
 
 What is kept. The reference records are left untouched, so a user can go back to the reference
 stack. Going back is only a rollback: the reference state is the one of the moment of the switch,
