@@ -9,12 +9,13 @@ the two stacks apart. :mod:`api_bench` drives one worker per stack and interleav
 Modes:
 
 - serve (default): one JSON request per line on stdin, ``{"group": NAME, "namespace": NS,
-  "samples": N}``, answered by one line ``{"ok": true, "rows": {ROW: [sample, ...]}}`` (times in
-  µs; storage rows in writes or bytes) or ``{"ok": false, "error": TRACEBACK}``. ``{"group":
-  "hello"}`` answers with the interpreter and the package locations. Anything the libraries print
-  goes to stderr.
-- ``--profile GROUP --namespace NS [--samples N] [--top K]``: run one group with :mod:`cProfile`
-  switched on during the timed sections only, and print the statistics (cumulative) to stdout.
+  "samples": N, "clock": "cpu" | "wall"}``, answered by one line ``{"ok": true, "rows": {ROW:
+  [sample, ...]}}`` (times in µs; storage rows in writes or bytes) or ``{"ok": false, "error":
+  TRACEBACK}``. ``{"group": "hello"}`` answers with the interpreter and the package locations.
+  Anything the libraries print goes to stderr.
+- ``--profile GROUP --namespace NS [--rows ROW ...] [--samples N] [--top K]``: run one group with
+  :mod:`cProfile` switched on during the timed sections only (of the given rows, or all), after one
+  untimed warm-up sample, and print the statistics (cumulative) to stdout.
 
 The simulated world: device lists and bundles live in dicts (bundles as the objects the owner
 uploaded, i.e. "already downloaded"); messages are handed over as ``omemo.Message`` objects, except
@@ -63,8 +64,33 @@ SKIPPED = 500
 T = TypeVar("T")
 Rows = Dict[str, List[float]]
 
-# Holds the profiler switched on around the timed sections only (``--profile``), if any.
+# The profiler switched on around the timed sections only (``--profile``), if any, and the rows
+# whose timed sections it covers (all rows if empty).
 PROFILER: List[cProfile.Profile] = []
+PROFILED_ROWS: List[str] = []
+
+# The clock of the timed sections: CPU time of this process ("cpu", the default: on a shared machine
+# it leaves out the time the worker was not scheduled) or wall time ("wall").
+CLOCKS: Dict[str, Callable[[], int]] = {"cpu": time.process_time_ns, "wall": time.perf_counter_ns}
+CLOCK: List[Callable[[], int]] = [time.process_time_ns]
+# Operations of a few µs are timed in batches of this many calls (one sample = the mean).
+XML_REPEAT = 20
+
+
+class SampleList(List[float]):
+    """The samples of one row (a list that knows the row's name, for ``--profile --rows``)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+
+def _profiler_for(samples: List[float]) -> Optional[cProfile.Profile]:
+    if not PROFILER:
+        return None
+    if PROFILED_ROWS and getattr(samples, "name", None) not in PROFILED_ROWS:
+        return None
+    return PROFILER[0]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -275,28 +301,32 @@ async def make_pair(xmpp: Xmpp, namespace: str, prefix: str) -> Tuple[Account, A
 # Timing
 
 
-async def timed(samples: List[float], awaitable: Awaitable[T]) -> T:
-    """Await ``awaitable`` and append its duration in µs to ``samples``."""
-    profiler = PROFILER[0] if PROFILER else None
+async def timed(samples: List[float], awaitable: Awaitable[T], per: int = 1) -> T:
+    """Await ``awaitable`` and append its duration in µs (divided by ``per``) to ``samples``."""
+    profiler = _profiler_for(samples)
     if profiler is not None:
         profiler.enable()
-    start = time.perf_counter_ns()
+    clock = CLOCK[0]
+    start = clock()
     result = await awaitable
-    elapsed = time.perf_counter_ns() - start
+    elapsed = clock() - start
     if profiler is not None:
         profiler.disable()
-    samples.append(elapsed / 1000.0)
+    samples.append(elapsed / per / 1000.0)
     return result
 
 
 def timed_call(samples: List[float], function: Callable[..., T], *args: Any) -> T:
-    """Call ``function(*args)`` and append its duration in µs to ``samples``."""
-    profiler = PROFILER[0] if PROFILER else None
+    """Call ``function(*args)`` :data:`XML_REPEAT` times; append the mean duration in µs to ``samples``."""
+    profiler = _profiler_for(samples)
     if profiler is not None:
         profiler.enable()
-    start = time.perf_counter_ns()
+    clock = CLOCK[0]
+    start = clock()
+    for _ in range(XML_REPEAT - 1):
+        function(*args)
     result = function(*args)
-    elapsed = time.perf_counter_ns() - start
+    elapsed = (clock() - start) // XML_REPEAT
     if profiler is not None:
         profiler.disable()
     samples.append(elapsed / 1000.0)
@@ -319,7 +349,7 @@ async def counted(
 
 
 def _rows(*names: str) -> Rows:
-    return {name: [] for name in names}
+    return {name: SampleList(name) for name in names}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -522,10 +552,15 @@ async def group_xml(namespace: str, n: int) -> Rows:
         if namespace == TWOMEMO_NS:
             timed_call(rows["xml_message_parse"], etree.parse_message, element, alice.jid)
         else:
-            await timed(rows["xml_message_parse"], etree.parse_message(element, alice.jid, bob.jid, bob.sm))
+            await timed(rows["xml_message_parse"], _parse_legacy_messages(element, alice, bob), XML_REPEAT)
         element = timed_call(rows["xml_bundle_serialize"], etree.serialize_bundle, bundle)
         timed_call(rows["xml_bundle_parse"], etree.parse_bundle, element, bob.jid, bob.device_id)
     return rows
+
+
+async def _parse_legacy_messages(element: Element, sender: Account, recipient: Account) -> None:
+    for _ in range(XML_REPEAT):
+        await oldmemo_etree.parse_message(element, sender.jid, recipient.jid, recipient.sm)
 
 
 GROUPS: Dict[str, Callable[[str, int], Awaitable[Rows]]] = {
@@ -567,6 +602,7 @@ async def _serve(rpc_in: Any, rpc_out: Any) -> None:
             elif group == "exit":
                 return
             else:
+                CLOCK[0] = CLOCKS[request.get("clock", "cpu")]
                 rows = await GROUPS[group](request["namespace"], int(request["samples"]))
                 response = {"ok": True, "rows": rows}
         except Exception:
@@ -594,12 +630,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--profile", choices=sorted(GROUPS), help="profile one scenario group")
     parser.add_argument("--namespace", choices=NAMESPACES, default=TWOMEMO_NS)
+    parser.add_argument("--rows", nargs="+", default=[], help="profile only these rows of the group")
     parser.add_argument("--samples", type=int, default=20)
     parser.add_argument("--top", type=int, default=30, help="rows of the profile to print")
     parser.add_argument("--sort", default="cumulative", help="pstats sort key")
     args = parser.parse_args(argv)
     if args.profile:
         profiler = cProfile.Profile()
+        PROFILED_ROWS.extend(args.rows)
         rows = asyncio.run(_profile(args.profile, args.namespace, args.samples, profiler))
         out = io.StringIO()
         stats = pstats.Stats(profiler, stream=out)
