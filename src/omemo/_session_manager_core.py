@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Dict, FrozenSet, List, Optional, Tuple, cast
+from typing import TYPE_CHECKING, AsyncIterator, Dict, FrozenSet, List, Optional, Tuple, cast
 
 from ._session_manager_devices import (
     DeviceRecord,
@@ -171,7 +171,25 @@ class Core:
         transaction = getattr(self.storage, "transaction", None)
         if transaction is None or not isinstance(self.runtime, AsyncioRuntime):
             return contextlib.nullcontext()
-        return cast(AbstractAsyncContextManager[object], transaction())
+        return self._transaction(cast(AbstractAsyncContextManager[object], transaction()))
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self, transaction: AbstractAsyncContextManager[object]) -> AsyncIterator[object]:
+        """Run ``transaction``; if it rolls back, drop the in-memory caches that may be ahead of it."""
+        try:
+            async with transaction as handle:
+                yield handle
+        except BaseException:
+            self.invalidate_caches()
+            raise
+
+    def invalidate_caches(self) -> None:
+        """Drop the device-record cache and the backends' caches (their ``invalidate_caches``, if any)."""
+        self.devices.clear_cache()
+        for backend in self.backends:
+            invalidate = getattr(backend, "invalidate_caches", None)
+            if invalidate is not None:
+                invalidate()
 
     async def commit_decryption(self, backend: Backend, session: Session, used_pre_key: bool) -> None:
         """Persist a successfully decrypted session and consume the pre key it was built with.

@@ -112,13 +112,38 @@ def _b64(value: bytes) -> str:
 
 
 class DeviceStore:
-    """Typed access to the device, label and trust records of the storage."""
+    """Typed access to the device, label and trust records of the storage, with a read cache.
+
+    The session manager is the only writer of these records, so device id lists, device records and
+    trust levels are cached after the first load: steady-state ``encrypt``/``decrypt`` read none of
+    them from the storage. Every write goes to the storage first and then drops the cached entry; a
+    load that overlapped any write does not fill the cache (``_writes`` tells). :meth:`clear_cache`
+    drops everything, e.g. after a storage transaction was rolled back.
+    """
 
     def __init__(self, storage: Storage) -> None:
         """Args:
         storage: the storage of the session manager.
         """
         self._storage = storage
+        self._writes = 0
+        self._ids: Dict[str, List[int]] = {}
+        self._records: Dict[Tuple[str, int], DeviceRecord] = {}
+        self._trust: Dict[Tuple[str, bytes], Optional[str]] = {}
+
+    def clear_cache(self) -> None:
+        """Forget every cached record (the storage is read again on the next access)."""
+        self._writes += 1
+        self._ids.clear()
+        self._records.clear()
+        self._trust.clear()
+
+    def _written(self, bare_jid: str, device_id: Optional[int] = None) -> None:
+        self._writes += 1
+        if device_id is None:
+            self._ids.pop(bare_jid, None)
+        else:
+            self._records.pop((bare_jid, device_id), None)
 
     @staticmethod
     def _prefix(bare_jid: str, device_id: int) -> str:
@@ -126,11 +151,21 @@ class DeviceStore:
 
     async def device_ids(self, bare_jid: str) -> List[int]:
         """Returns: every device id ever stored for ``bare_jid``, in order of discovery."""
-        return (await self._storage.load_list(f"/devices/{bare_jid}/list", int)).maybe([])
+        cached = self._ids.get(bare_jid)
+        if cached is not None:
+            return list(cached)
+        writes = self._writes
+        ids = (await self._storage.load_list(f"/devices/{bare_jid}/list", int)).maybe([])
+        if writes == self._writes:
+            self._ids[bare_jid] = list(ids)
+        return ids
 
     async def store_device_ids(self, bare_jid: str, device_ids: List[int]) -> None:
         """Replace the device id list of ``bare_jid``."""
-        await self._storage.store(f"/devices/{bare_jid}/list", list(device_ids))
+        try:
+            await self._storage.store(f"/devices/{bare_jid}/list", list(device_ids))
+        finally:
+            self._written(bare_jid)
 
     async def load(self, bare_jid: str, device_id: int) -> DeviceRecord:
         """Load a device record, repairing a ``namespaces`` entry that ``active`` lacks.
@@ -142,6 +177,10 @@ class DeviceStore:
         Returns:
             The record (empty namespaces for an unknown device).
         """
+        cached = self._records.get((bare_jid, device_id))
+        if cached is not None:
+            return cached
+        writes = self._writes
         prefix = self._prefix(bare_jid, device_id)
         namespaces = (await self._storage.load_list(f"{prefix}/namespaces", str)).maybe([])
         active = (await self._storage.load_dict(f"{prefix}/active", bool)).maybe({})
@@ -151,21 +190,33 @@ class DeviceStore:
             await self._storage.store(f"{prefix}/namespaces", list(repaired))
         label = (await self._storage.load_optional(f"{prefix}/label", str)).maybe(None)
         identity_key = (await self._storage.load_bytes(f"{prefix}/identity_key")).maybe(None)
-        return DeviceRecord(tuple(repaired), active, label, identity_key)
+        record = DeviceRecord(tuple(repaired), active, label, identity_key)
+        if writes == self._writes:
+            self._records[(bare_jid, device_id)] = record
+        return record
 
     async def store_namespaces(self, bare_jid: str, device_id: int, active: Dict[str, bool]) -> None:
         """Store the namespaces of a device, given as its ``active`` mapping (written first)."""
         prefix = self._prefix(bare_jid, device_id)
-        await self._storage.store(f"{prefix}/active", dict(active))
-        await self._storage.store(f"{prefix}/namespaces", list(active))
+        try:
+            await self._storage.store(f"{prefix}/active", dict(active))
+            await self._storage.store(f"{prefix}/namespaces", list(active))
+        finally:
+            self._written(bare_jid, device_id)
 
     async def store_label(self, bare_jid: str, device_id: int, label: Optional[str]) -> None:
         """Store the (verified or unsigned-by-design) label of a device."""
-        await self._storage.store(f"{self._prefix(bare_jid, device_id)}/label", label)
+        try:
+            await self._storage.store(f"{self._prefix(bare_jid, device_id)}/label", label)
+        finally:
+            self._written(bare_jid, device_id)
 
     async def store_identity_key(self, bare_jid: str, device_id: int, identity_key: bytes) -> None:
         """Store the identity key of a device."""
-        await self._storage.store_bytes(f"{self._prefix(bare_jid, device_id)}/identity_key", identity_key)
+        try:
+            await self._storage.store_bytes(f"{self._prefix(bare_jid, device_id)}/identity_key", identity_key)
+        finally:
+            self._written(bare_jid, device_id)
 
     async def pending_label(self, bare_jid: str, device_id: int) -> Optional[PendingLabel]:
         """Returns: the signed label awaiting verification, if any (malformed records are ignored)."""
@@ -201,26 +252,48 @@ class DeviceStore:
     async def delete_device(self, bare_jid: str, device_id: int) -> None:
         """Delete every record of a device (not the id list)."""
         prefix = self._prefix(bare_jid, device_id)
-        for suffix in ("namespaces", "active", "label", "identity_key", "unverified_label"):
-            await self._storage.delete(f"{prefix}/{suffix}")
+        try:
+            for suffix in ("namespaces", "active", "label", "identity_key", "unverified_label"):
+                await self._storage.delete(f"{prefix}/{suffix}")
+        finally:
+            self._written(bare_jid, device_id)
 
     async def delete_device_ids(self, bare_jid: str) -> None:
         """Delete the device id list of ``bare_jid``."""
-        await self._storage.delete(f"/devices/{bare_jid}/list")
+        try:
+            await self._storage.delete(f"/devices/{bare_jid}/list")
+        finally:
+            self._written(bare_jid)
 
     async def trust(self, bare_jid: str, identity_key: bytes, default: str) -> str:
         """Returns: the custom trust level name of an identity key, ``default`` when none is stored."""
-        return (await self._storage.load_primitive(f"/trust/{bare_jid}/{_b64(identity_key)}", str)).maybe(
-            default
+        key = (bare_jid, identity_key)
+        if key in self._trust:
+            cached = self._trust[key]
+            return default if cached is None else cached
+        writes = self._writes
+        name = (await self._storage.load_primitive(f"/trust/{bare_jid}/{_b64(identity_key)}", str)).maybe(
+            None
         )
+        if writes == self._writes:
+            self._trust[key] = name
+        return default if name is None else name
 
     async def store_trust(self, bare_jid: str, identity_key: bytes, trust_level_name: str) -> None:
         """Store the custom trust level name of an identity key."""
-        await self._storage.store(f"/trust/{bare_jid}/{_b64(identity_key)}", trust_level_name)
+        try:
+            await self._storage.store(f"/trust/{bare_jid}/{_b64(identity_key)}", trust_level_name)
+        finally:
+            self._writes += 1
+            self._trust.pop((bare_jid, identity_key), None)
 
     async def delete_trust(self, bare_jid: str, identity_key: bytes) -> None:
         """Delete the trust record of an identity key."""
-        await self._storage.delete(f"/trust/{bare_jid}/{_b64(identity_key)}")
+        try:
+            await self._storage.delete(f"/trust/{bare_jid}/{_b64(identity_key)}")
+        finally:
+            self._writes += 1
+            self._trust.pop((bare_jid, identity_key), None)
 
 
 class HistorySyncQueue:
