@@ -407,6 +407,19 @@ class Core:
             label=record.label,
         )
 
+    async def known_device_information(self, bare_jid: str) -> Optional[FrozenSet[DeviceInformation]]:
+        """The device information of ``bare_jid`` if every identity key is known already, else None.
+
+        Touches no network, so callers can use it sequentially and keep concurrency (and the event
+        loop's scheduling cost) for the accounts whose bundles still have to be downloaded.
+        """
+        async with self.jid_locks.hold(bare_jid):
+            ids = await self.devices.device_ids(bare_jid)
+            records = [(dev, await self.devices.load(bare_jid, dev)) for dev in ids]
+        if any(record.identity_key is None for _, record in records):
+            return None
+        return frozenset([await self.make_information(bare_jid, dev, record) for dev, record in records])
+
     async def device_information(
         self, bare_jid: str
     ) -> Tuple[FrozenSet[DeviceInformation], Dict[Tuple[str, int], Bundle]]:

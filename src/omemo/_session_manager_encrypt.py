@@ -204,11 +204,25 @@ async def encrypt(
     recipients = sorted(set(bare_jids) | {core.own_bare_jid})
     await core.flush_dirty_bundles()
 
-    await core.runtime.gather([_discover(core, jid) for jid in recipients])
-    infos = await core.runtime.gather([core.device_information(jid) for jid in recipients])
+    # Only accounts that need the network run concurrently: tasks cost event-loop rounds.
+    unknown = [jid for jid in recipients if not await core.devices.device_ids(jid)]
+    if unknown:
+        await core.runtime.gather([_discover(core, jid) for jid in unknown])
+    infos: Dict[str, Tuple[FrozenSet[DeviceInformation], Dict[Tuple[str, int], Bundle]]] = {}
+    incomplete: List[str] = []
+    for jid in recipients:
+        known = await core.known_device_information(jid)
+        if known is None:
+            incomplete.append(jid)
+        else:
+            infos[jid] = (known, {})
+    if incomplete:
+        fetched = await core.runtime.gather([core.device_information(jid) for jid in incomplete])
+        infos.update(zip(incomplete, fetched, strict=True))
     cached: Dict[Tuple[str, str, int], Bundle] = {}
     targets: List[_Target] = []
-    for jid, (devices, bundles) in zip(recipients, infos, strict=True):
+    for jid in recipients:
+        devices, bundles = infos[jid]
         for (bundle_namespace, device_id), bundle in bundles.items():
             cached[(bundle_namespace, jid, device_id)] = bundle
         for device in sorted(devices, key=_sort_key):
