@@ -31,6 +31,7 @@ import os
 import struct
 import time
 from abc import abstractmethod
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional, Tuple
@@ -61,6 +62,8 @@ __all__ = [
 DEFAULT_PRE_KEY_COUNT = 100
 #: Largest id allowed for pre keys and signed pre keys (XEP-0384: 1 .. 2^31 - 1).
 MAX_ID = 2**31 - 1
+#: How many sessions a backend keeps decoded in memory (least recently used dropped first).
+SESSION_CACHE_SIZE = 4096
 #: A signed pre key id of migrated legacy sessions whose original id is unknown.
 UNKNOWN_SPK_ID = -1
 
@@ -483,6 +486,9 @@ class EngineBackend(Backend):
         self._identity_priv = b""
         self._keys: Optional[KeyState] = None
         self._index: Optional[dict[str, list[int]]] = None
+        self._sessions: OrderedDict[
+            tuple[str, int], tuple[Initiation, bool, EngineKeyExchange, RatchetState]
+        ] = OrderedDict()
         #: Whether the reference backend's data was imported or found absent (see _reference_import).
         self._reference_checked = False
         #: Injectable for tests: the RNG and the clock used by this backend.
@@ -562,6 +568,11 @@ class EngineBackend(Backend):
         return self.SESSION(bare_jid, device_id, initiation, kex, state, bool(confirmed))
 
     async def load_session(self, bare_jid: str, device_id: int) -> Optional[EngineSession]:
+        cached = self._sessions.get((bare_jid, device_id))
+        if cached is not None:
+            self._sessions.move_to_end((bare_jid, device_id))
+            initiation, confirmed, kex, state = cached
+            return self.SESSION(bare_jid, device_id, initiation, kex, state, confirmed)
         data = (await self._storage.load_bytes(self._session_key(bare_jid, device_id))).maybe(None)
         if data is None:
             if self._reference_checked:
@@ -570,7 +581,27 @@ class EngineBackend(Backend):
             data = (await self._storage.load_bytes(self._session_key(bare_jid, device_id))).maybe(None)
             if data is None:
                 return None
-        return self._decode_session(bare_jid, device_id, data)
+        session = self._decode_session(bare_jid, device_id, data)
+        self._remember(session)
+        return session
+
+    def _remember(self, session: EngineSession) -> None:
+        """Cache the (immutable) parts of a stored session; the least recently used are dropped."""
+        key = (session.bare_jid, session.device_id)
+        self._sessions[key] = (session.initiation, session.confirmed, session.key_exchange, session.state)
+        self._sessions.move_to_end(key)
+        if len(self._sessions) > SESSION_CACHE_SIZE:
+            self._sessions.popitem(last=False)
+
+    def invalidate_caches(self) -> None:
+        """Forget every in-memory copy of stored state (sessions, key state, session index).
+
+        The session manager calls this when a storage transaction was rolled back, so that nothing
+        cached can be ahead of the storage.
+        """
+        self._sessions.clear()
+        self._keys = None
+        self._index = None
 
     async def _session_index(self) -> dict[str, list[int]]:
         if self._index is None:
@@ -583,17 +614,23 @@ class EngineBackend(Backend):
 
     async def store_session(self, session: Session) -> None:
         assert isinstance(session, self.SESSION)
-        await self._storage.store_bytes(
-            self._session_key(session.bare_jid, session.device_id), _encode_session(session)
-        )
+        key = (session.bare_jid, session.device_id)
+        try:
+            await self._storage.store_bytes(self._session_key(*key), _encode_session(session))
+        except BaseException:
+            self._sessions.pop(key, None)
+            raise
+        self._remember(session)
         index = await self._session_index()
         devices = index.get(session.bare_jid)
         if devices is None or session.device_id not in devices:
             if devices is None:
+                await self._storage.store(self._prefix + "session-jids", [*index, session.bare_jid])
                 devices = index[session.bare_jid] = []
-                await self._storage.store(self._prefix + "session-jids", list(index))
+            await self._storage.store(
+                f"{self._prefix}session-devices/{session.bare_jid}", [*devices, session.device_id]
+            )
             devices.append(session.device_id)
-            await self._storage.store(f"{self._prefix}session-devices/{session.bare_jid}", list(devices))
 
     # -- session building -------------------------------------------------------------------------
 
@@ -866,8 +903,7 @@ class EngineBackend(Backend):
         await self._storage.delete(self._prefix + "session-jids")
         await self._storage.delete(self._prefix + "keys")
         await self._storage.delete(self._prefix + MARKER)
-        self._keys = None
-        self._index = None
+        self.invalidate_caches()
 
     async def purge_bare_jid(self, bare_jid: str) -> None:
         from ._reference_import import delete_reference_sessions
@@ -881,5 +917,6 @@ class EngineBackend(Backend):
 
     async def _purge_sessions(self, index: dict[str, list[int]], bare_jid: str) -> None:
         for device_id in index.pop(bare_jid):
+            self._sessions.pop((bare_jid, device_id), None)
             await self._storage.delete(self._session_key(bare_jid, device_id))
         await self._storage.delete(f"{self._prefix}session-devices/{bare_jid}")

@@ -94,6 +94,7 @@ class Core:
         self.manager = manager
         self.storage = storage
         self.backends = backends
+        self._known_information: Dict[str, Tuple[int, FrozenSet[DeviceInformation]]] = {}
         self.own_bare_jid = own_bare_jid
         self.own_device_id = 0  # set by create() once known
         self.identity_key = identity_key
@@ -413,12 +414,20 @@ class Core:
         Touches no network, so callers can use it sequentially and keep concurrency (and the event
         loop's scheduling cost) for the accounts whose bundles still have to be downloaded.
         """
+        writes = self.devices.writes
+        memo = self._known_information.get(bare_jid)
+        if memo is not None and memo[0] == writes:
+            return memo[1]
         async with self.jid_locks.hold(bare_jid):
             ids = await self.devices.device_ids(bare_jid)
             records = [(dev, await self.devices.load(bare_jid, dev)) for dev in ids]
         if any(record.identity_key is None for _, record in records):
             return None
-        return frozenset([await self.make_information(bare_jid, dev, record) for dev, record in records])
+        infos = frozenset([await self.make_information(bare_jid, dev, record) for dev, record in records])
+        if writes == self.devices.writes:
+            # Valid until the next write of any device or trust record (DeviceStore counts them).
+            self._known_information[bare_jid] = (writes, infos)
+        return infos
 
     async def device_information(
         self, bare_jid: str

@@ -131,6 +131,11 @@ class DeviceStore:
         self._records: Dict[Tuple[str, int], DeviceRecord] = {}
         self._trust: Dict[Tuple[str, bytes], Optional[str]] = {}
 
+    @property
+    def writes(self) -> int:
+        """A counter that changes with every write (and cache clear): a cheap validity stamp."""
+        return self._writes
+
     def clear_cache(self) -> None:
         """Forget every cached record (the storage is read again on the next access)."""
         self._writes += 1

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Coroutine, Hashable, Sequence
+from collections.abc import Callable, Coroutine, Hashable, Sequence
 from typing import Any, Generic, List, Protocol, TypeVar
 
 from .types import AsyncFramework
@@ -263,8 +263,7 @@ class KeyedLocks(Generic[KeyT]):
         if entry.users == 0:
             del self._entries[key]
 
-    @contextlib.asynccontextmanager
-    async def hold(self, *keys: KeyT) -> AsyncIterator[None]:
+    def hold(self, *keys: KeyT) -> _Held[KeyT]:
         """Hold the locks of all ``keys`` (duplicates ignored) for the body of an ``async with``.
 
         The keys are acquired in the order of their ``repr`` (any fixed total order prevents lock-order
@@ -272,20 +271,43 @@ class KeyedLocks(Generic[KeyT]):
 
         Args:
             *keys: the keys to lock.
+
+        Returns:
+            The async context manager (a plain object, not a generator: this runs on every operation).
         """
-        unique = sorted(dict.fromkeys(keys), key=repr)
-        held: list[tuple[KeyT, _Entry]] = []
+        return _Held(self, keys)
+
+
+class _Held(Generic[KeyT]):
+    __slots__ = ("_held", "_keys", "_table")
+
+    def __init__(self, table: KeyedLocks[KeyT], keys: tuple[KeyT, ...]) -> None:
+        self._table = table
+        self._keys = keys
+        self._held: list[tuple[KeyT, _Entry]] = []
+
+    async def __aenter__(self) -> None:
+        keys = self._keys
+        unique = keys if len(keys) == 1 else sorted(dict.fromkeys(keys), key=repr)
+        table = self._table
         try:
             for key in unique:
-                entry = self._enter(key)
+                entry = table._enter(key)
                 try:
                     await entry.lock.acquire()
                 except BaseException:
-                    self._leave(key, entry)
+                    table._leave(key, entry)
                     raise
-                held.append((key, entry))
-            yield
-        finally:
-            for key, entry in reversed(held):
-                entry.lock.release()
-                self._leave(key, entry)
+                self._held.append((key, entry))
+        except BaseException:
+            self._release()
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        held, self._held = self._held, []
+        for key, entry in reversed(held):
+            entry.lock.release()
+            self._table._leave(key, entry)
