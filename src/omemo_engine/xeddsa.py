@@ -130,7 +130,7 @@ def curve25519_pub_to_ed25519_pub(curve25519_pub: bytes, sign_bit: bool) -> byte
     u = int.from_bytes(curve25519_pub, "little") & ((1 << 255) - 1)
     if (u + 1) % _P == 0:
         raise InvalidKey("Curve25519 public key u = -1 has no Ed25519 equivalent")
-    y = (u - 1) * pow(u + 1, _P - 2, _P) % _P
+    y = (u - 1) * pow(u + 1, -1, _P) % _P
     encoded = bytearray(y.to_bytes(32, "little"))
     if sign_bit:
         encoded[31] |= 0x80
