@@ -493,6 +493,38 @@ class Core:
             for session in sessions:
                 await backend.store_session(session)
 
+    async def prepare_empty_message(self, backend: Backend, session: Session) -> Message:
+        """Encrypt an empty message over a session, in memory only (its session lock held).
+
+        The caller stores the session (which advanced its sending chain) before sending the message.
+        """
+        content, plain_key_material = await backend.encrypt_empty()
+        encrypted = await backend.encrypt_key_material(session, plain_key_material)
+        key_exchange = (
+            session.key_exchange
+            if session.initiation is Initiation.ACTIVE and not session.confirmed
+            else None
+        )
+        return Message(
+            backend.namespace,
+            self.own_bare_jid,
+            self.own_device_id,
+            content,
+            frozenset({(encrypted, key_exchange)}),
+        )
+
+    async def send_prepared_message(self, backend: Backend, session: Session, message: Message) -> None:
+        """Send a message made by :meth:`prepare_empty_message` (after the session was stored).
+
+        Raises:
+            MessageSendingFailed: forwarded from ``_send_message`` (``UnknownNamespace`` is wrapped).
+        """
+        try:
+            await self.manager._send_message(message, session.bare_jid)
+        except UnknownNamespace as exc:
+            who = describe(backend.namespace, session.bare_jid, session.device_id)
+            raise MessageSendingFailed(f"could not send an empty message to {who}: {exc}") from exc
+
     async def send_empty_message(self, backend: Backend, session: Session) -> None:
         """Encrypt, store and send an empty message over a session (its session lock held).
 
@@ -502,37 +534,31 @@ class Core:
         Raises:
             MessageSendingFailed: forwarded from ``_send_message`` (``UnknownNamespace`` is wrapped).
         """
-        content, plain_key_material = await backend.encrypt_empty()
-        encrypted = await backend.encrypt_key_material(session, plain_key_material)
-        key_exchange = (
-            session.key_exchange
-            if session.initiation is Initiation.ACTIVE and not session.confirmed
-            else None
-        )
-        message = Message(
-            backend.namespace,
-            self.own_bare_jid,
-            self.own_device_id,
-            content,
-            frozenset({(encrypted, key_exchange)}),
-        )
+        message = await self.prepare_empty_message(backend, session)
         await self.store_session(backend, session)
-        try:
-            await self.manager._send_message(message, session.bare_jid)
-        except UnknownNamespace as exc:
-            who = describe(backend.namespace, session.bare_jid, session.device_id)
-            raise MessageSendingFailed(f"could not send an empty message to {who}: {exc}") from exc
+        await self.send_prepared_message(backend, session, message)
 
-    async def owe_empty_message(self, backend: Backend, session: Session) -> None:
+    async def owe_empty_message(
+        self, backend: Backend, session: Session, prepared: Optional[Message] = None
+    ) -> None:
         """Send an empty message now, or queue it while history synchronisation is on.
 
         A failed send is queued as well (and logged), so the message is not lost: it goes out with the
         queue at the next :meth:`SessionManager.after_history_sync`.
+
+        Args:
+            backend: the session's backend.
+            session: the session (its lock held).
+            prepared: an empty message already made with :meth:`prepare_empty_message` and stored with
+                the session (decryption does this to store the session once instead of twice).
         """
         namespace = backend.namespace
         if not self.history_sync:
             try:
-                await self.send_empty_message(backend, session)
+                if prepared is None:
+                    await self.send_empty_message(backend, session)
+                else:
+                    await self.send_prepared_message(backend, session, prepared)
                 return
             except MessageSendingFailed as exc:
                 _log.warning("automatic empty message could not be sent (%s); queued", type(exc).__name__)

@@ -147,11 +147,16 @@ async def decrypt(
                 raise
             raise wrapped from exc
 
-        # Every check passed: commit.
-        await core.commit_decryption(backend, session, used_pre_key=key_exchange is not None)
+        # Every check passed: commit. An empty message owed right now is encrypted first, so that the
+        # session is stored once, with both the received message and the sent one.
         receiving = session.receiving_chain_length
         stale = receiving is not None and receiving > core.manager.STALENESS_MAGIC_NUMBER
-        if key_exchange is not None or stale:
+        owed = key_exchange is not None or stale
+        prepared = (
+            await core.prepare_empty_message(backend, session) if owed and not core.history_sync else None
+        )
+        await core.commit_decryption(backend, session, used_pre_key=key_exchange is not None)
+        if owed:
             _log.debug("owing an empty message to %s (key exchange: %s)", who, key_exchange is not None)
-            await core.owe_empty_message(backend, session)
+            await core.owe_empty_message(backend, session, prepared)
     return plaintext, device, plain_key_material
