@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 
 import nacl.bindings as _sodium
 import nacl.exceptions
@@ -50,9 +51,18 @@ _SHA256 = hashes.SHA256()
 _BLOCK = 16
 
 
+_hmac_digest: Callable[[bytes, bytes, str], bytes]
+try:  # the OpenSSL one-shot HMAC behind hmac.digest, without its Python-level dispatch
+    from _hashlib import hmac_digest as _openssl_hmac_digest
+
+    _hmac_digest = _openssl_hmac_digest
+except ImportError:  # pragma: no cover - CPython without OpenSSL bindings
+    _hmac_digest = hmac.digest
+
+
 def hmac_sha256(key: bytes, data: bytes) -> bytes:
-    """HMAC-SHA-256 (RFC 2104) of ``data`` under ``key``."""
-    return hmac.digest(key, data, "sha256")
+    """HMAC-SHA-256 (RFC 2104) of ``data`` under ``key`` (one OpenSSL call; see ``hmac.digest``)."""
+    return _hmac_digest(key, data, "sha256")
 
 
 def constant_time_equal(a: bytes, b: bytes) -> bool:
