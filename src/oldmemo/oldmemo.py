@@ -15,6 +15,7 @@ from omemo._engine_backend import (
     EngineBundle,
     EngineEncryptedKeyMaterial,
     EngineKeyExchange,
+    EnginePlainKeyMaterial,
     EngineSession,
 )
 from omemo.backend import DecryptionFailed
@@ -82,35 +83,18 @@ class ContentImpl(Content):
         return f"ContentImpl(ciphertext=<{len(self._ciphertext)} bytes>, iv=<{len(self._iv)} bytes>)"
 
 
-class PlainKeyMaterialImpl(PlainKeyMaterial):
+class PlainKeyMaterialImpl(EnginePlainKeyMaterial):
     """The AES-128-GCM key (16 bytes) and tag (16 bytes) of a legacy payload.
 
     An empty message's key material is a fresh random key with an empty tag.
     """
 
-    __slots__ = ("_auth_tag", "_key")
-
-    def __init__(self, key: bytes, auth_tag: bytes) -> None:
-        self._key = key
-        self._auth_tag = auth_tag
-
-    @property
-    def key(self) -> bytes:
-        """The payload key."""
-        return self._key
-
-    @property
-    def auth_tag(self) -> bytes:
-        """The GCM tag (empty for empty messages)."""
-        return self._auth_tag
+    __slots__ = ()
 
     @staticmethod
     def make_empty() -> PlainKeyMaterialImpl:
         """The key material of an empty message (a fresh random key)."""
         return PlainKeyMaterialImpl(os.urandom(payload.LEGACY_KEY_LENGTH), b"")
-
-    def __repr__(self) -> str:
-        return "PlainKeyMaterialImpl(<secret>)"
 
 
 class EncryptedKeyMaterialImpl(EngineEncryptedKeyMaterial):
@@ -181,19 +165,14 @@ class Oldmemo(EngineBackend):
     SESSION = SessionImpl
     KEY_EXCHANGE = KeyExchangeImpl
     ENCRYPTED_KEY_MATERIAL = EncryptedKeyMaterialImpl
-
-    def _key_material_bytes(self, plain_key_material: PlainKeyMaterial) -> bytes:
-        assert isinstance(plain_key_material, PlainKeyMaterialImpl)
-        return plain_key_material.key + plain_key_material.auth_tag
-
-    def _make_key_material(self, data: bytes) -> PlainKeyMaterialImpl:
-        if len(data) not in (payload.LEGACY_KEY_LENGTH, 2 * payload.LEGACY_KEY_LENGTH):
-            raise MalformedMessage(f"decrypted key material has {len(data)} bytes, expected 16 or 32")
-        return PlainKeyMaterialImpl(data[: payload.LEGACY_KEY_LENGTH], data[payload.LEGACY_KEY_LENGTH :])
+    PLAIN_KEY_MATERIAL = PlainKeyMaterialImpl
+    PAYLOAD_KEY_LENGTH = payload.LEGACY_KEY_LENGTH
 
     async def encrypt_plaintext(self, plaintext: bytes) -> Tuple[ContentImpl, PlainKeyMaterialImpl]:
         ciphertext, iv, key_material = payload.legacy_encrypt(plaintext, self._random_bytes)
-        return ContentImpl(ciphertext, iv), self._make_key_material(key_material)
+        return ContentImpl(ciphertext, iv), PlainKeyMaterialImpl(
+            key_material[: payload.LEGACY_KEY_LENGTH], key_material[payload.LEGACY_KEY_LENGTH :]
+        )
 
     async def encrypt_empty(self) -> Tuple[ContentImpl, PlainKeyMaterialImpl]:
         return (

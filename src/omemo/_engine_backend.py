@@ -37,7 +37,13 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional, Tuple
 
 from omemo_engine import ratchet, x3dh, xeddsa
-from omemo_engine.errors import EngineError, InvalidState, KeyExchangeError, TooManySkippedKeys
+from omemo_engine.errors import (
+    EngineError,
+    InvalidState,
+    KeyExchangeError,
+    MalformedMessage,
+    TooManySkippedKeys,
+)
 from omemo_engine.profile import Profile
 from omemo_engine.ratchet import RatchetState
 
@@ -54,6 +60,7 @@ __all__ = [
     "EngineBundle",
     "EngineEncryptedKeyMaterial",
     "EngineKeyExchange",
+    "EnginePlainKeyMaterial",
     "EngineSession",
     "KeyState",
 ]
@@ -70,6 +77,7 @@ UNKNOWN_SPK_ID = -1
 #: Key state records: version 1 kept every pre key as two base64 strings; version 2 packs the
 #: pre keys into one base64 blob of fixed-size entries (ten times faster to load). Both are read.
 _KEY_STATE_VERSION = 2
+_TAG_LENGTH = 16
 _PRE_KEY_ENTRY = struct.Struct(">I32s32s")
 _SESSION_VERSION = 1
 _SESSION_HEADER = struct.Struct(">BBBii32s32sB")
@@ -256,6 +264,29 @@ class EngineKeyExchange(KeyExchange):
             f"{type(self).__name__}(identity_key={self._ik.hex()}, "
             f"signed_pre_key_id={self.signed_pre_key_id}, pre_key_id={self.pre_key_id})"
         )
+
+
+class EnginePlainKeyMaterial(PlainKeyMaterial):
+    """The key of a payload and its authentication tag (empty for empty messages)."""
+
+    __slots__ = ("_auth_tag", "_key")
+
+    def __init__(self, key: bytes, auth_tag: bytes) -> None:
+        self._key = key
+        self._auth_tag = auth_tag
+
+    @property
+    def key(self) -> bytes:
+        """The payload key."""
+        return self._key
+
+    @property
+    def auth_tag(self) -> bytes:
+        """The payload's authentication tag (empty for empty messages)."""
+        return self._auth_tag
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(<secret>)"
 
 
 class EngineEncryptedKeyMaterial(EncryptedKeyMaterial):
@@ -486,6 +517,9 @@ class EngineBackend(Backend):
     SESSION: ClassVar[type[EngineSession]]
     KEY_EXCHANGE: ClassVar[type[EngineKeyExchange]]
     ENCRYPTED_KEY_MATERIAL: ClassVar[type[EngineEncryptedKeyMaterial]]
+    PLAIN_KEY_MATERIAL: ClassVar[type[EnginePlainKeyMaterial]]
+    #: Length of the payload key; the key material is the key plus a 16-byte tag (or no tag).
+    PAYLOAD_KEY_LENGTH: ClassVar[int]
 
     def __init__(
         self,
@@ -648,17 +682,23 @@ class EngineBackend(Backend):
 
     # -- session building -------------------------------------------------------------------------
 
-    @abstractmethod
     def _key_material_bytes(self, plain_key_material: PlainKeyMaterial) -> bytes:
-        """The bytes that travel through the ratchet for this key material."""
+        """The bytes that travel through the ratchet for this key material: key || tag."""
+        assert isinstance(plain_key_material, self.PLAIN_KEY_MATERIAL)
+        return plain_key_material.key + plain_key_material.auth_tag
 
-    @abstractmethod
-    def _make_key_material(self, data: bytes) -> PlainKeyMaterial:
+    def _make_key_material(self, data: bytes) -> EnginePlainKeyMaterial:
         """Inverse of :meth:`_key_material_bytes`.
 
         Raises:
-            EngineError: the decrypted bytes are not key material of this namespace.
+            MalformedMessage: the decrypted bytes are not key material of this namespace.
         """
+        length = self.PAYLOAD_KEY_LENGTH
+        if len(data) not in (length, length + _TAG_LENGTH):
+            raise MalformedMessage(
+                f"decrypted key material has {len(data)} bytes, expected {length} or {length + _TAG_LENGTH}"
+            )
+        return self.PLAIN_KEY_MATERIAL(data[:length], data[length:])
 
     async def build_session_active(
         self, bare_jid: str, device_id: int, bundle: Bundle, plain_key_material: PlainKeyMaterial

@@ -14,12 +14,13 @@ from omemo._engine_backend import (
     EngineBundle,
     EngineEncryptedKeyMaterial,
     EngineKeyExchange,
+    EnginePlainKeyMaterial,
     EngineSession,
 )
 from omemo.backend import DecryptionFailed
 from omemo.message import Content, PlainKeyMaterial
 from omemo_engine import payload, xeddsa
-from omemo_engine.errors import AuthenticationFailed, EngineError, InvalidSignature, MalformedMessage
+from omemo_engine.errors import AuthenticationFailed, EngineError, InvalidSignature
 from omemo_engine.profile import OMEMO2
 from omemo_engine.wire import OMEMO2_WIRE, KeyExchangeFields
 
@@ -71,35 +72,18 @@ class ContentImpl(Content):
         return f"ContentImpl(ciphertext=<{len(self._ciphertext)} bytes>)"
 
 
-class PlainKeyMaterialImpl(PlainKeyMaterial):
+class PlainKeyMaterialImpl(EnginePlainKeyMaterial):
     """The key of an OMEMO 2 payload (32 bytes) and its authentication tag (16 bytes).
 
     An empty message's key material is 32 zero bytes with an empty tag.
     """
 
-    __slots__ = ("_auth_tag", "_key")
-
-    def __init__(self, key: bytes, auth_tag: bytes) -> None:
-        self._key = key
-        self._auth_tag = auth_tag
-
-    @property
-    def key(self) -> bytes:
-        """The payload key."""
-        return self._key
-
-    @property
-    def auth_tag(self) -> bytes:
-        """The payload's authentication tag (empty for empty messages)."""
-        return self._auth_tag
+    __slots__ = ()
 
     @staticmethod
     def make_empty() -> PlainKeyMaterialImpl:
         """The key material of an empty message."""
         return PlainKeyMaterialImpl(payload.OMEMO2_EMPTY_KEY_MATERIAL, b"")
-
-    def __repr__(self) -> str:
-        return "PlainKeyMaterialImpl(<secret>)"
 
 
 class EncryptedKeyMaterialImpl(EngineEncryptedKeyMaterial):
@@ -160,22 +144,14 @@ class Twomemo(EngineBackend):
     SESSION = SessionImpl
     KEY_EXCHANGE = KeyExchangeImpl
     ENCRYPTED_KEY_MATERIAL = EncryptedKeyMaterialImpl
-
-    def _key_material_bytes(self, plain_key_material: PlainKeyMaterial) -> bytes:
-        assert isinstance(plain_key_material, PlainKeyMaterialImpl)
-        return plain_key_material.key + plain_key_material.auth_tag
-
-    def _make_key_material(self, data: bytes) -> PlainKeyMaterialImpl:
-        if len(data) not in (
-            payload.OMEMO2_KEY_LENGTH,
-            payload.OMEMO2_KEY_LENGTH + payload.OMEMO2_TAG_LENGTH,
-        ):
-            raise MalformedMessage(f"decrypted key material has {len(data)} bytes, expected 32 or 48")
-        return PlainKeyMaterialImpl(data[: payload.OMEMO2_KEY_LENGTH], data[payload.OMEMO2_KEY_LENGTH :])
+    PLAIN_KEY_MATERIAL = PlainKeyMaterialImpl
+    PAYLOAD_KEY_LENGTH = payload.OMEMO2_KEY_LENGTH
 
     async def encrypt_plaintext(self, plaintext: bytes) -> Tuple[ContentImpl, PlainKeyMaterialImpl]:
         ciphertext, key_material = payload.omemo2_encrypt(plaintext, self._random_bytes)
-        return ContentImpl(ciphertext), self._make_key_material(key_material)
+        return ContentImpl(ciphertext), PlainKeyMaterialImpl(
+            key_material[: payload.OMEMO2_KEY_LENGTH], key_material[payload.OMEMO2_KEY_LENGTH :]
+        )
 
     async def encrypt_empty(self) -> Tuple[ContentImpl, PlainKeyMaterialImpl]:
         return ContentImpl.make_empty(), PlainKeyMaterialImpl.make_empty()
