@@ -68,8 +68,8 @@ _OMEMO2: Final = "urn:xmpp:omemo:2"
 _XML_NS: Final = "http://www.w3.org/XML/1998/namespace"
 
 #: XEP-0420 0.5.0: "first, the stanza is padded to a fixed minimum size. Afterwards, between 0 and 200
-#: characters are added on top." The XEP names no size: 256 bytes of envelope hide the length of short
-#: chat lines (bodies up to about 100 characters with all affixes) for at most ~340 base64 characters.
+#: characters are added on top." The XEP names no size. 256 bytes hide the length of short replies (up
+#: to about 50 body characters with all affixes) and cost at most 456 bytes of plaintext per message.
 RPAD_MIN_SIZE: Final = 256
 RPAD_MAX_RANDOM: Final = 200
 #: XEP-0420: <time> must be within "a reasonable margin" of the stanza's sending time. 15 minutes absorb
@@ -85,11 +85,9 @@ MAX_DEPTH: Final = 64
 # XEP-0420 §Server-processed Elements: these "MUST NOT be included in <content> elements [...].
 # Receiving clients MUST discard elements in that list if found inside of a <content> element."
 # (XEP-0359 origin-id is allowed since XEP-0420 0.3.0; the registrar's list does not exist yet.)
-_SERVER_PROCESSED_NAMESPACES: Final = {
+_SERVER_PROCESSED: Final = {  # whole namespaces, and single elements
     "urn:xmpp:hints": "XEP-0334 message processing hints are addressed to the server",
     "http://jabber.org/protocol/address": "XEP-0033 addresses are needed by the server for routing",
-}
-_SERVER_PROCESSED_TAGS: Final = {
     "{urn:xmpp:sid:0}stanza-id": "XEP-0359 stanza-ids are set and filtered by the server",
     "{urn:xmpp:eme:0}encryption": "XEP-0380 EME tells other clients how the envelope is encrypted",
 }
@@ -184,7 +182,7 @@ class OptOut:
 
 
 def is_server_processed(tag: str) -> bool:
-    """Whether an element (Clark-notation ``tag``) must stay outside SCE envelopes (see module notes).
+    """Whether the element ``tag`` (``{ns}name``) must stay outside SCE envelopes (XEP-0420 §6).
 
     Returns:
         True for XEP-0334 hints, XEP-0359 stanza-id, XEP-0033 addresses and XEP-0380 EME.
@@ -193,10 +191,8 @@ def is_server_processed(tag: str) -> bool:
 
 
 def _server_processed_reason(tag: str) -> Optional[str]:
-    reason = _SERVER_PROCESSED_TAGS.get(tag)
-    if reason is None and tag.startswith("{"):
-        reason = _SERVER_PROCESSED_NAMESPACES.get(tag[1:].partition("}")[0])
-    return reason
+    namespace = tag[1:].partition("}")[0] if tag.startswith("{") else ""
+    return _SERVER_PROCESSED.get(tag) or _SERVER_PROCESSED.get(namespace)
 
 
 # ------------------------------------------------------------------------------------------ building
@@ -214,18 +210,16 @@ def build_envelope(
 ) -> bytes:
     """Serialise an SCE envelope for OMEMO 2: ``SessionManager.encrypt(..., {NAMESPACE: result})``.
 
-    The OMEMO profile (XEP-0384 §SCE Profile): ``<rpad>`` MUST, ``<time>`` MAY (always written here),
-    ``<from>`` SHOULD, ``<to>`` MUST in group chats (the room's JID). Elements get default namespace
-    declarations (``<body xmlns='jabber:client'>``), as XMPP peers expect; the tails of the top-level
-    content elements are not part of them and are not written.
+    OMEMO profile (XEP-0384 §SCE Profile): ``<rpad>`` MUST, ``<time>`` MAY (always written), ``<from>``
+    SHOULD, ``<to>`` MUST in group chats. Elements get default namespace declarations
+    (``<body xmlns='jabber:client'>``); tails of the top-level content elements are not written.
 
     Args:
         content: the extension elements to protect, each namespace-qualified (``{ns}name``).
         to: the recipient's JID (the room's in a group chat), or ``None`` to leave ``<to>`` out.
         from_: the sender's JID, or ``None`` to leave ``<from>`` out. Full JIDs are cut to bare.
         timestamp: the ``<time>`` affix, timezone-aware; default: now (UTC).
-        rpad: write ``<rpad>``: pad the envelope to ``rpad_min_size`` bytes, then add 0-200 random
-            characters (XEP-0420 0.5.0).
+        rpad: write ``<rpad>``: pad to ``rpad_min_size`` bytes, then add 0-200 random characters.
         random_bytes: the entropy source for the padding.
         rpad_min_size: the envelope size in bytes that the padding fills up to.
 
@@ -233,10 +227,9 @@ def build_envelope(
         The envelope as UTF-8 bytes.
 
     Raises:
-        ValueError: a content item is not an element, has no namespace, is server-processed
-            (XEP-0334 hints, XEP-0359 stanza-id, XEP-0033 addresses, XEP-0380 EME: put those on the
-            stanza itself), holds a comment, a name or text XML cannot carry, or nests deeper than
-            :data:`MAX_DEPTH`; a JID is empty; ``timestamp`` is naive.
+        ValueError: a content item is not an element, has no namespace, is server-processed (put
+            those on the stanza itself), holds a comment, a name or text XML cannot carry, or nests
+            deeper than :data:`MAX_DEPTH`; a JID is empty; ``timestamp`` is naive.
     """
     if isinstance(content, (Element, str, bytes)):
         raise ValueError("content must be a sequence of elements, e.g. [body], not a single element")
@@ -284,11 +277,7 @@ def body_envelope(
     timestamp: Optional[datetime] = None,
     random_bytes: Callable[[int], bytes] = os.urandom,
 ) -> bytes:
-    """An envelope holding just ``<body xmlns='jabber:client'>text</body>`` (see :func:`build_envelope`).
-
-    Raises:
-        ValueError: as :func:`build_envelope`, e.g. ``text`` holds characters XML cannot carry.
-    """
+    """:func:`build_envelope` of ``<body xmlns='jabber:client'>text</body>`` (same ValueErrors)."""
     body = Element(BODY_TAG)
     body.text = text
     return build_envelope([body], to=to, from_=from_, timestamp=timestamp, random_bytes=random_bytes)
@@ -305,12 +294,7 @@ def opt_out_element(reason: Optional[str] = None) -> Element:
 
 
 def stanza_hints() -> tuple[Element, Element]:
-    """The plaintext children XEP-0420 §Sending asks for on an SCE message (it has no ``<body>``).
-
-    Returns:
-        ``<store xmlns='urn:xmpp:hints'/>`` (so that MAM archives it) and the XEP-0380
-        ``<encryption xmlns='urn:xmpp:eme:0' namespace='urn:xmpp:omemo:2' name='OMEMO'/>``.
-    """
+    """XEP-0420 §Sending: the plaintext ``<store/>`` hint (for MAM) and XEP-0380 ``<encryption/>``."""
     encryption = Element("{urn:xmpp:eme:0}encryption", {"namespace": _OMEMO2, "name": "OMEMO"})
     return Element("{urn:xmpp:hints}store"), encryption
 
@@ -328,9 +312,7 @@ def _uniform(random_bytes: Callable[[int], bytes], bound: int) -> int:
 def _format_stamp(timestamp: datetime) -> str:
     if timestamp.tzinfo is None or timestamp.utcoffset() is None:
         raise ValueError("timestamp must be timezone-aware, e.g. datetime.now(timezone.utc)")
-    t = timestamp.astimezone(timezone.utc)
-    fraction = f".{t.microsecond:06d}" if t.microsecond else ""
-    return f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}{fraction}Z"
+    return timestamp.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def _escape(text: str, *, attribute: bool = False) -> str:
@@ -361,24 +343,18 @@ def _serialize(element: Element, parent_namespace: str, out: list[str], depth: i
     if depth > MAX_DEPTH:
         raise ValueError(f"the content nests deeper than {MAX_DEPTH} levels (MAX_DEPTH)")
     namespace, local = _split_name(element.tag, "element name")
-    out.append(
-        f"<{local}"
-        if namespace == parent_namespace
-        else f"<{local} xmlns='{_escape(namespace, attribute=True)}'"
-    )
-    prefixes: dict[str, str] = {}
+    attributes = {} if namespace == parent_namespace else {"xmlns": namespace}
     for name, value in element.attrib.items():
-        attribute_namespace, attribute_local = _split_name(name, f"attribute name of <{element.tag}>")
+        attribute_namespace, qualified = _split_name(name, f"attribute name of <{element.tag}>")
+        if qualified == "xmlns" and not attribute_namespace:
+            raise ValueError(f"<{element.tag}> has an 'xmlns' attribute: put the namespace into the tag")
         if attribute_namespace == _XML_NS:
-            attribute_local = f"xml:{attribute_local}"
-        elif attribute_namespace:
-            attribute_local = (
-                f"{prefixes.setdefault(attribute_namespace, f'ns{len(prefixes)}')}:{attribute_local}"
-            )
-        out.append(
-            f" {attribute_local}='{_escape(_xml_chars(value, f'attribute {name!r}'), attribute=True)}'"
-        )
-    out.extend(f" xmlns:{prefix}='{_escape(ns, attribute=True)}'" for ns, prefix in prefixes.items())
+            qualified = f"xml:{qualified}"
+        elif attribute_namespace:  # one fresh prefix per qualified attribute
+            attributes[f"xmlns:ns{len(attributes)}"] = attribute_namespace
+            qualified = f"ns{len(attributes) - 1}:{qualified}"
+        attributes[qualified] = _xml_chars(value, f"attribute {name!r}")
+    out.append(f"<{local}" + "".join(f" {k}='{_escape(v, attribute=True)}'" for k, v in attributes.items()))
     out.append(">" + _escape(_xml_chars(element.text, f"<{element.tag}>")))
     for child in element:
         _serialize(child, namespace, out, depth + 1)
@@ -400,17 +376,16 @@ def parse_envelope(
 ) -> Envelope:
     """Parse decrypted OMEMO 2 plaintext as an SCE envelope and verify its affixes.
 
-    Rules (XEP-0420 §Affix Elements, XEP-0384 §SCE Profile): a ``<to>``/``<from>`` affix must match
-    ``expected_to``/``expected_from`` as bare JIDs (``None`` skips that check); in a group chat
-    ``<to>`` is required (so the server cannot turn group messages into private ones and back);
-    ``<time>``, if present, must be within ``max_skew`` of ``now``. Absent ``<rpad>``/``<from>`` and
-    padding of any length are accepted ("longer paddings than expected MUST NOT be rejected").
+    Rules (XEP-0420 §Affix Elements, XEP-0384 §SCE Profile): ``<to>``/``<from>`` must match
+    ``expected_to``/``expected_from`` as bare JIDs (``None`` skips the check); group chats need
+    ``<to>`` (so servers cannot turn group messages into private ones and back); ``<time>`` must be
+    within ``max_skew`` of ``now``. Absent ``<rpad>``/``<from>`` and any padding length are accepted.
     Server-processed elements inside ``<content>`` are discarded (see :attr:`Envelope.discarded`).
 
     Args:
         data: the plaintext that ``SessionManager.decrypt`` returned.
-        expected_from: the stanza's ``from`` (full or bare); in a group chat the sender's real JID
-            (the room is non-anonymous), not the occupant JID.
+        expected_from: the stanza's ``from`` (full or bare; for carbons and MAM results the forwarded
+            stanza's); in a group chat the sender's real JID (the room is non-anonymous).
         expected_to: your own JID in one-to-one chats (the stanza's ``to``), the room's in group chats.
         now: the stanza's sending time: its XEP-0203 ``<delay stamp>`` for offline or archived
             stanzas, else the time of receipt; timezone-aware; default: now (UTC).
@@ -421,9 +396,8 @@ def parse_envelope(
         The envelope.
 
     Raises:
-        MalformedEnvelope: not UTF-8, too large or deep, not well-formed, a DOCTYPE or processing
-            instruction, not an ``{urn:xmpp:sce:1}envelope``, no or several ``<content>``, a repeated
-            affix, an affix without its attribute, a bad DateTime.
+        MalformedEnvelope: not UTF-8, too large or deep, not well-formed XML, a DOCTYPE, no
+            ``{urn:xmpp:sce:1}envelope`` with one ``<content>``, a repeated or incomplete affix.
         MissingAffix: ``groupchat`` and no ``<to>``.
         AffixMismatch: ``<to>``/``<from>`` names another JID than expected.
         TimestampOutOfRange: ``<time>`` is further than ``max_skew`` from ``now``.
@@ -458,44 +432,30 @@ def parse_envelope(
             raise AffixMismatch(affix, expected, actual)
     if timestamp is not None and max_skew is not None and abs(timestamp - now) > max_skew:
         raise TimestampOutOfRange(timestamp, now, max_skew)
-    kept: list[Element] = []
-    discarded: list[str] = []
     for element in content:
-        element.tail = None
-        if is_server_processed(element.tag):
-            discarded.append(element.tag)
-        else:
-            kept.append(element)
-    rpad_length = None if rpad is None else len(rpad.text or "")
+        element.tail = None  # whitespace between the content elements
     return Envelope(
-        content=tuple(kept),
+        content=tuple(element for element in content if not is_server_processed(element.tag)),
         timestamp=timestamp,
         to=to,
         from_=from_,
-        rpad_length=rpad_length,
-        discarded=tuple(discarded),
+        rpad_length=None if rpad is None else len(rpad.text or ""),
+        discarded=tuple(element.tag for element in content if is_server_processed(element.tag)),
     )
 
 
 def envelope_body(envelope: Envelope) -> Optional[str]:
-    """The text of the ``<body xmlns='jabber:client'>`` (preferring one without ``xml:lang``).
-
-    Returns:
-        The body text (``""`` for an empty body), or ``None`` if the envelope holds no body.
-    """
+    """The text of ``<body xmlns='jabber:client'>`` (one without ``xml:lang`` first), else ``None``."""
     bodies = [element for element in envelope.content if element.tag == BODY_TAG]
     bodies.sort(key=lambda element: f"{{{_XML_NS}}}lang" in element.attrib)
     return (bodies[0].text or "") if bodies else None
 
 
 def envelope_opt_out(envelope: Envelope) -> Optional[OptOut]:
-    """The XEP-0384 opt-out request in the envelope, if any.
+    """The XEP-0384 opt-out request in the envelope, if any, with its stripped ``<reason>`` text.
 
-    The XEP: show that the peer wants plaintext and block all outgoing messages to them until the user
-    confirms the switch; keep the sessions.
-
-    Returns:
-        An :class:`OptOut` (with the stripped ``<reason>`` text, if any), or ``None``.
+    The XEP: show that the peer wants plaintext, block all outgoing messages to them until the user
+    confirms the switch, keep the sessions.
     """
     for element in envelope.content:
         if element.tag == OPT_OUT_TAG:

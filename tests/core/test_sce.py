@@ -112,7 +112,9 @@ def test_rich_content_round_trip_keeps_everything_xml_says() -> None:
         oob, "desc", {"{http://www.w3.org/XML/1998/namespace}lang": "de", "kind": "a'b\"c\n\td"}
     )
     desc.text = "Grüße \U0001f600 ]]> \r\n"
-    SubElement(oob, "{urn:example:other}empty", {"{urn:example:attr}flag": "1"})
+    SubElement(
+        oob, "{urn:example:other}empty", {"{urn:example:attr}flag": "1", "{urn:example:attr}b": "2", "c": "3"}
+    )
     reply = Element("{urn:xmpp:reply:0}reply", {"id": "msg-1", "to": "bob@example.org/x"})
     content = [body("text with 'quotes' & <tags>"), oob, reply]
     data = build_envelope(content, to=BOB, from_=ALICE, timestamp=T0, random_bytes=rng())
@@ -418,6 +420,7 @@ def _illegal_text() -> list[Element]:
         (_illegal_text(), "XML can carry"),
         ([Element("{urn:a}x", {"a": "\x00"})], "XML can carry"),
         ([Element("{urn:a}x", {"1a": "v"})], "not a valid XML name"),
+        ([Element("{urn:a}x", {"xmlns": "urn:b"})], "put the namespace into the tag"),
         ([Element("{urn:a}x y")], "not a valid XML name"),
         ([Element("{urn:a")], "not a valid XML name"),
     ],
