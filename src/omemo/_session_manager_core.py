@@ -489,9 +489,13 @@ class Core:
         """
         if not sessions:
             return
-        async with self.backend_locks.hold(backend.namespace), self.transaction():
-            for session in sessions:
-                await backend.store_session(session)
+        async with self.backend_locks.hold(backend.namespace):
+            if len(sessions) == 1:  # a single record write is atomic on its own
+                await backend.store_session(sessions[0])
+                return
+            async with self.transaction():
+                for session in sessions:
+                    await backend.store_session(session)
 
     async def prepare_empty_message(self, backend: Backend, session: Session) -> Message:
         """Encrypt an empty message over a session, in memory only (its session lock held).

@@ -103,7 +103,8 @@ async def decrypt(
     except UnknownNamespace as exc:
         raise UnknownNamespace(f"cannot decrypt the message from {who}: {exc}") from exc
     encrypted, key_exchange = _own_key(core, message)
-    await core.flush_dirty_bundles()
+    if core.dirty_bundles:
+        await core.flush_dirty_bundles()
 
     async with core.session_locks.hold((namespace, bare_jid, device_id)):
         device = await sender_information(core, namespace, bare_jid, device_id)

@@ -154,6 +154,10 @@ class DeviceStore:
     def _prefix(bare_jid: str, device_id: int) -> str:
         return f"/devices/{bare_jid}/{device_id}"
 
+    def has_cached_devices(self, bare_jid: str) -> bool:
+        """Whether device ids of ``bare_jid`` are known from the cache (no storage access)."""
+        return bool(self._ids.get(bare_jid))
+
     async def device_ids(self, bare_jid: str) -> List[int]:
         """Returns: every device id ever stored for ``bare_jid``, in order of discovery."""
         cached = self._ids.get(bare_jid)

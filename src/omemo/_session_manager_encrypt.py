@@ -54,9 +54,8 @@ def _priority_order(core: Core, backend_priority_order: Optional[List[str]]) -> 
 
 
 def _choose_namespace(device: DeviceInformation, order: List[str]) -> Optional[str]:
-    active = dict(device.active)
     for namespace in order:
-        if namespace in device.namespaces and active.get(namespace, False):
+        if (namespace, True) in device.active and namespace in device.namespaces:
             return namespace
     return None
 
@@ -202,10 +201,15 @@ async def encrypt(
     """See :meth:`omemo.session_manager.SessionManager.encrypt`."""
     order = _priority_order(core, backend_priority_order)
     recipients = sorted(set(bare_jids) | {core.own_bare_jid})
-    await core.flush_dirty_bundles()
+    if core.dirty_bundles:
+        await core.flush_dirty_bundles()
 
     # Only accounts that need the network run concurrently: tasks cost event-loop rounds.
-    unknown = [jid for jid in recipients if not await core.devices.device_ids(jid)]
+    unknown = [
+        jid
+        for jid in recipients
+        if not core.devices.has_cached_devices(jid) and not await core.devices.device_ids(jid)
+    ]
     if unknown:
         await core.runtime.gather([_discover(core, jid) for jid in unknown])
     infos: Dict[str, Tuple[FrozenSet[DeviceInformation], Dict[Tuple[str, int], Bundle]]] = {}
