@@ -30,7 +30,7 @@ protobuf ``DecodeError``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from google.protobuf.message import DecodeError, EncodeError
 
@@ -54,8 +54,7 @@ _LEGACY_KEY_TYPE = b"\x05"
 _LEGACY_VERSION = 0x33
 
 
-@dataclass(frozen=True, slots=True)
-class Header:
+class Header(NamedTuple):
     """A Double Ratchet message header: the sender's ratchet key, the message number ``n`` in the
     current sending chain, and ``pn``, the length of the sender's previous sending chain."""
 
@@ -64,8 +63,7 @@ class Header:
     pn: int
 
 
-@dataclass(frozen=True, slots=True)
-class OpenedMessage:
+class OpenedMessage(NamedTuple):
     """A parsed ratchet message. ``mac_input`` is the exact received byte string the MAC covers
     (after the associated data); ``mac`` is the received MAC."""
 

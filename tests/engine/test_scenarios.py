@@ -7,7 +7,6 @@ middle of a conversation. The legacy payload variants seen in the field are cove
 
 from __future__ import annotations
 
-import dataclasses
 import random
 
 import pytest
@@ -560,5 +559,5 @@ def test_omemo2_payload_failures_are_all_authentication_failed() -> None:
 def test_counters_up_to_uint32_survive_serialisation(profile: Profile) -> None:
     # The record stores counters as unsigned 32-bit values, like the wire's uint32 fields.
     pair = open_session(profile, "counters")
-    big = dataclasses.replace(pair.alice, sending_n=2**32 - 2, previous_sending_n=2**32 - 1)
+    big = pair.alice._replace(sending_n=2**32 - 2, previous_sending_n=2**32 - 1)
     assert RatchetState.from_bytes(big.to_bytes()) == big
