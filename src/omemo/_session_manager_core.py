@@ -203,15 +203,17 @@ class Core:
         namespace = backend.namespace
         changed = False
         async with self.backend_locks.hold(namespace):
+            if not used_pre_key:  # a single record write is atomic on its own
+                await backend.store_session(session)
+                return
             async with self.transaction():
                 await backend.store_session(session)
-                if used_pre_key:
-                    if self.history_sync:
-                        changed = await backend.hide_pre_key(session)
-                    else:
-                        changed = await backend.delete_pre_key(session)
-                    if changed:
-                        await self.refill_pre_keys(backend)
+                if self.history_sync:
+                    changed = await backend.hide_pre_key(session)
+                else:
+                    changed = await backend.delete_pre_key(session)
+                if changed:
+                    await self.refill_pre_keys(backend)
             if changed:
                 self.dirty_bundles.add(namespace)
         if changed:
@@ -407,6 +409,16 @@ class Core:
             trust_level_name=trust,
             label=record.label,
         )
+
+    async def known_device(self, bare_jid: str, device_id: int) -> Optional[DeviceInformation]:
+        """The device information of one device if it and its identity key are known (no network;
+        answered from the memo of :meth:`known_device_information` in the steady state), else None."""
+        infos = await self.known_device_information(bare_jid)
+        if infos is not None:
+            for info in infos:
+                if info.device_id == device_id:
+                    return info
+        return None
 
     async def known_device_information(self, bare_jid: str) -> Optional[FrozenSet[DeviceInformation]]:
         """The device information of ``bare_jid`` if every identity key is known already, else None.

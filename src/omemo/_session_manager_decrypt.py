@@ -71,6 +71,9 @@ async def sender_information(core: Core, namespace: str, bare_jid: str, device_i
         SenderNotFound: the device is not listed even after a refresh, or its identity key is unknown and
             none of its bundles can be downloaded.
     """
+    known = await core.known_device(bare_jid, device_id)
+    if known is not None:
+        return known
     who = describe(namespace, bare_jid, device_id)
     if device_id not in await core.devices.device_ids(bare_jid):
         try:
