@@ -8,7 +8,9 @@ about meaning (every violation raises :class:`~omemo_engine.errors.MalformedXML`
 attribute and reason; nothing else escapes) and tolerant about form (whitespace inside base64 as the
 pretty-printed stanzas of real clients have it, any child order, unknown children and attributes
 ignored, ``prekey`` as ``true``/``1``/``false``/``0``). The ``oldmemo`` backend wraps these functions
-into the python-omemo ``oldmemo.etree`` API.
+into the python-omemo ``oldmemo.etree`` API. The parsing helpers and loops the two codecs share
+(ids, booleans, base64, single children, the head of ``<encrypted>``, the pre-key list) are in
+:mod:`omemo_engine._xml_common`.
 
 Pairs (``parse_x`` next to ``build_x``):
 
@@ -45,27 +47,23 @@ from dataclasses import dataclass
 from typing import Final
 from xml.etree.ElementTree import Element, SubElement
 
-from .xml_omemo2 import (
-    _ANY_LENGTH,
-    _NON_EMPTY,
-    MAX_ID,
-    MIN_ID,
-    PUBLIC_KEY_LENGTH,
-    SIGNATURE_LENGTH,
-    PreKey,
-    _b64_text,
-    _b64encode,
-    _check_id,
-    _check_length,
-    _check_root,
-    _check_unique_pre_key_ids,
-    _fail,
-    _missing,
-    _once,
-    _parse_bool,
-    _parse_id,
-    _where_id,
-)
+from ._xml_common import ANY_LENGTH as _ANY_LENGTH
+from ._xml_common import NON_EMPTY as _NON_EMPTY
+from ._xml_common import b64_text as _b64_text
+from ._xml_common import b64encode as _b64encode
+from ._xml_common import check_id as _check_id
+from ._xml_common import check_length as _check_length
+from ._xml_common import check_root as _check_root
+from ._xml_common import check_unique_pre_key_ids as _check_unique_pre_key_ids
+from ._xml_common import encrypted_parts as _encrypted_parts
+from ._xml_common import fail as _fail
+from ._xml_common import once as _once
+from ._xml_common import parse_bool as _parse_bool
+from ._xml_common import parse_id as _parse_id
+from ._xml_common import parse_pre_keys as _parse_pre_keys
+from ._xml_common import required_children as _required_children
+from ._xml_common import where_id as _where_id
+from .xml_omemo2 import MAX_ID, MIN_ID, PUBLIC_KEY_LENGTH, SIGNATURE_LENGTH, PreKey
 
 __all__ = [
     "IV_LENGTHS",
@@ -114,6 +112,7 @@ _KEY = _NS + "key"
 _IV = _NS + "iv"
 _PAYLOAD = _NS + "payload"
 _TYPE_BYTE = bytes((KEY_TYPE_CURVE25519,))
+_BUNDLE_CHILDREN: Final = (_SPK, _SPKS, _IK, _PREKEYS)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -272,38 +271,10 @@ def parse_bundle(element: Element) -> Bundle:
             key's type byte is not 0x05; two ``<preKeyPublic>`` share an id.
     """
     _check_root(element, _BUNDLE, "bundle")
-    spk = spks = ik = prekeys = None
-    for child in element:
-        tag = child.tag
-        if tag == _SPK:
-            spk = _once(spk, child, "<bundle>", "signedPreKeyPublic")
-        elif tag == _SPKS:
-            spks = _once(spks, child, "<bundle>", "signedPreKeySignature")
-        elif tag == _IK:
-            ik = _once(ik, child, "<bundle>", "identityKey")
-        elif tag == _PREKEYS:
-            prekeys = _once(prekeys, child, "<bundle>", "prekeys")
-    if spk is None:
-        _missing("<bundle>", "signedPreKeyPublic")
-    if spks is None:
-        _missing("<bundle>", "signedPreKeySignature")
-    if ik is None:
-        _missing("<bundle>", "identityKey")
-    if prekeys is None:
-        _missing("<bundle>", "prekeys")
-
-    pre_keys: list[PreKey] = []
-    seen: set[int] = set()
-    for child in prekeys:
-        if child.tag != _PK:
-            continue
-        pre_key_id = _parse_id(child.get("preKeyId"), "<bundle><prekeys><preKeyPublic>", "preKeyId")
-        if pre_key_id in seen:
-            _fail("<bundle><prekeys>", f"two <preKeyPublic> elements have preKeyId {pre_key_id}")
-        seen.add(pre_key_id)
-        pub = _curve_key(child, "<bundle><prekeys><preKeyPublic>", pre_key_id)
-        pre_keys.append(PreKey(pre_key_id=pre_key_id, pub=pub))
-
+    spk, spks, ik, prekeys = _required_children(element, "<bundle>", _BUNDLE_CHILDREN)
+    pre_keys = _parse_pre_keys(
+        prekeys, "<bundle><prekeys>", _PK, "preKeyId", SERIALIZED_PUBLIC_KEY_LENGTH, _strip_type_byte, PreKey
+    )
     return Bundle(
         signed_pre_key_id=_parse_id(
             spk.get("signedPreKeyId"), "<bundle><signedPreKeyPublic>", "signedPreKeyId"
@@ -311,7 +282,7 @@ def parse_bundle(element: Element) -> Bundle:
         signed_pre_key=_curve_key(spk, "<bundle><signedPreKeyPublic>"),
         signed_pre_key_signature=_b64_text(spks, "<bundle><signedPreKeySignature>", SIGNATURE_LENGTH),
         identity_key=_curve_key(ik, "<bundle><identityKey>"),
-        pre_keys=tuple(pre_keys),
+        pre_keys=pre_keys,
     )
 
 
@@ -340,9 +311,13 @@ def build_bundle(bundle: Bundle) -> Element:
     return root
 
 
-def _curve_key(element: Element, where: str, ident: int | None = None) -> bytes:
+def _curve_key(element: Element, where: str) -> bytes:
     """Decode a serialized libsignal public key ``0x05 || u`` and return ``u`` (PROTOCOL.md 4.1)."""
-    data = _b64_text(element, where, SERIALIZED_PUBLIC_KEY_LENGTH, ident)
+    return _strip_type_byte(_b64_text(element, where, SERIALIZED_PUBLIC_KEY_LENGTH), where, None)
+
+
+def _strip_type_byte(data: bytes, where: str, ident: int | None) -> bytes:
+    """``u`` of a decoded serialized public key ``0x05 || u``; ``ident``: the id of its element."""
     if data[0] != KEY_TYPE_CURVE25519:
         _fail(
             _where_id(where, ident),
@@ -372,17 +347,7 @@ def parse_message(element: Element) -> EncryptedMessage:
             ``xs:boolean``, or a text that is empty or not base64; ``<iv>`` is repeated, not base64 or
             not 12 or 16 bytes; ``<payload>`` is repeated or not base64.
     """
-    _check_root(element, _ENCRYPTED, "encrypted")
-    header = payload = None
-    for child in element:
-        tag = child.tag
-        if tag == _HEADER:
-            header = _once(header, child, "<encrypted>", "header")
-        elif tag == _PAYLOAD:
-            payload = _once(payload, child, "<encrypted>", "payload")
-    if header is None:
-        _missing("<encrypted>", "header")
-    sender_device_id = _parse_id(header.get("sid"), "<encrypted><header>", "sid")
+    header, sender_device_id, payload = _encrypted_parts(element, _ENCRYPTED, _HEADER, _PAYLOAD)
 
     keys: list[EncryptedKey] = []
     iv_element = None

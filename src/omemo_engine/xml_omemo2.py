@@ -36,21 +36,36 @@ Speed: tag names are built once at import time, base64 is decoded by :mod:`binas
 (one linear pass, no regular expression on Python >= 3.11), and error messages are formatted only
 on the error path.
 
-The small parsing helpers at the end of this module (``_parse_id``, ``_b64_text``...) are shared with
-:mod:`omemo_engine.xml_legacy`.
+The parsing helpers (``_parse_id``, ``_b64_text``...) and the loops that both namespaces share (the
+scan for single children, the head of ``<encrypted>``, the pre-key list) live in
+:mod:`omemo_engine._xml_common`, parameterised by this module's tags; :mod:`omemo_engine.xml_legacy`
+uses the same ones.
 """
 
 from __future__ import annotations
 
-import binascii
-import re
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final, NoReturn
+from typing import Final
 from xml.etree.ElementTree import Element, SubElement
 
-from .errors import MalformedXML
+from . import _xml_common
+from ._xml_common import ANY_LENGTH as _ANY_LENGTH
+from ._xml_common import MAX_ID, MIN_ID
+from ._xml_common import NON_EMPTY as _NON_EMPTY
+from ._xml_common import b64_text as _b64_text
+from ._xml_common import b64encode as _b64encode
+from ._xml_common import check_id as _check_id
+from ._xml_common import check_length as _check_length
+from ._xml_common import check_root as _check_root
+from ._xml_common import check_unique_pre_key_ids as _check_unique_pre_key_ids
+from ._xml_common import encrypted_parts as _encrypted_parts
+from ._xml_common import fail as _fail
+from ._xml_common import parse_bool as _parse_bool
+from ._xml_common import parse_id as _parse_id
+from ._xml_common import parse_pre_keys as _parse_pre_keys
+from ._xml_common import required_children as _required_children
+from ._xml_common import show as _show
 
 __all__ = [
     "MAX_ID",
@@ -74,10 +89,8 @@ __all__ = [
 #: The XML namespace of OMEMO 2.
 NAMESPACE: Final = "urn:xmpp:omemo:2"
 
-#: Smallest valid device / signed pre-key / pre-key id (XEP-0384: ids are 1..2^31-1).
-MIN_ID: Final = 1
-#: Largest valid id: 2^31 - 1, so that ids fit a signed 32-bit integer in every client.
-MAX_ID: Final = 2**31 - 1
+# MIN_ID and MAX_ID (ids are 1..2^31-1, XEP-0384) are defined in _xml_common, with the id parser.
+
 #: Length of an Ed25519 identity key, an X25519 signed pre-key or an X25519 pre-key.
 PUBLIC_KEY_LENGTH: Final = 32
 #: Length of an Ed25519/XEdDSA signature (signed pre-key signature, label signature).
@@ -97,6 +110,13 @@ _HEADER = _NS + "header"
 _KEYS = _NS + "keys"
 _KEY = _NS + "key"
 _PAYLOAD = _NS + "payload"
+_BUNDLE_CHILDREN: Final = (_SPK, _SPKS, _IK, _PREKEYS)
+
+
+# The base64 decoder (strict and fast on Python >= 3.11) and its portable twin, under the names the
+# codec tests compare them by.
+_b64decode = _xml_common.b64decode
+_b64decode_portable = _xml_common.b64decode_portable
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -305,44 +325,14 @@ def parse_bundle(element: Element) -> Bundle:
             is not base64 or decodes to the wrong length; two ``<pk>`` share an id.
     """
     _check_root(element, _BUNDLE, "bundle")
-    spk = spks = ik = prekeys = None
-    for child in element:
-        tag = child.tag
-        if tag == _SPK:
-            spk = _once(spk, child, "<bundle>", "spk")
-        elif tag == _SPKS:
-            spks = _once(spks, child, "<bundle>", "spks")
-        elif tag == _IK:
-            ik = _once(ik, child, "<bundle>", "ik")
-        elif tag == _PREKEYS:
-            prekeys = _once(prekeys, child, "<bundle>", "prekeys")
-    if spk is None:
-        _missing("<bundle>", "spk")
-    if spks is None:
-        _missing("<bundle>", "spks")
-    if ik is None:
-        _missing("<bundle>", "ik")
-    if prekeys is None:
-        _missing("<bundle>", "prekeys")
-
-    pre_keys: list[PreKey] = []
-    seen: set[int] = set()
-    for child in prekeys:
-        if child.tag != _PK:
-            continue
-        pre_key_id = _parse_id(child.get("id"), "<bundle><prekeys><pk>", "id")
-        if pre_key_id in seen:
-            _fail("<bundle><prekeys>", f"two <pk> elements have id {pre_key_id}")
-        seen.add(pre_key_id)
-        pub = _b64_text(child, "<bundle><prekeys><pk>", PUBLIC_KEY_LENGTH, pre_key_id)
-        pre_keys.append(PreKey(pre_key_id=pre_key_id, pub=pub))
-
+    spk, spks, ik, prekeys = _required_children(element, "<bundle>", _BUNDLE_CHILDREN)
+    pre_keys = _parse_pre_keys(prekeys, "<bundle><prekeys>", _PK, "id", PUBLIC_KEY_LENGTH, None, PreKey)
     return Bundle(
         signed_pre_key_id=_parse_id(spk.get("id"), "<bundle><spk>", "id"),
         signed_pre_key=_b64_text(spk, "<bundle><spk>", PUBLIC_KEY_LENGTH),
         signed_pre_key_signature=_b64_text(spks, "<bundle><spks>", SIGNATURE_LENGTH),
         identity_key=_b64_text(ik, "<bundle><ik>", PUBLIC_KEY_LENGTH),
-        pre_keys=tuple(pre_keys),
+        pre_keys=pre_keys,
     )
 
 
@@ -385,17 +375,7 @@ def parse_message(element: Element) -> EncryptedMessage:
             has a missing or invalid ``rid``, a ``kex`` that is not an ``xs:boolean``, or a text that
             is empty or not base64; ``<payload>`` is repeated or not base64.
     """
-    _check_root(element, _ENCRYPTED, "encrypted")
-    header = payload = None
-    for child in element:
-        tag = child.tag
-        if tag == _HEADER:
-            header = _once(header, child, "<encrypted>", "header")
-        elif tag == _PAYLOAD:
-            payload = _once(payload, child, "<encrypted>", "payload")
-    if header is None:
-        _missing("<encrypted>", "header")
-    sender_device_id = _parse_id(header.get("sid"), "<encrypted><header>", "sid")
+    header, sender_device_id, payload = _encrypted_parts(element, _ENCRYPTED, _HEADER, _PAYLOAD)
 
     keys: list[EncryptedKey] = []
     for keys_element in header:
@@ -455,137 +435,7 @@ def build_message(message: EncryptedMessage) -> Element:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Helpers shared with xml_legacy. ``where`` is a short path such as "<bundle><spk>"; messages are
-# formatted only when something is wrong.
-
-
-def _fail(where: str, problem: str) -> NoReturn:
-    raise MalformedXML(f"{where}: {problem}")
-
-
-def _show(value: object) -> str:
-    """A short, printable rendering of a bad value for an error message."""
-    text = repr(value)
-    return text if len(text) <= 48 else text[:45] + "..."
-
-
-def _check_root(element: Element, expected: str, local_name: str) -> None:
-    if element.tag != expected:
-        raise MalformedXML(
-            f"expected the element <{local_name}> in namespace {expected[1 : expected.index('}')]!r}, "
-            f"got tag {_show(element.tag)}"
-        )
-
-
-def _once(current: Element | None, child: Element, where: str, local_name: str) -> Element:
-    if current is not None:
-        _fail(where, f"child <{local_name}> appears more than once")
-    return child
-
-
-def _missing(where: str, local_name: str) -> NoReturn:
-    _fail(where, f"required child <{local_name}> is missing")
-
-
-def _parse_id(value: object, where: str, attribute: str) -> int:
-    """Parse a device / pre-key id attribute: ASCII decimal digits (surrounding whitespace allowed)."""
-    if value is None:
-        _fail(where, f"attribute {attribute!r} is missing")
-    if not isinstance(value, str):
-        _fail(where, f"attribute {attribute!r} is not a string ({type(value).__name__})")
-    text = value.strip()
-    if text.isdigit() and text.isascii():
-        # More than 10 significant digits is out of range; never hand int() a huge string.
-        if len(text) <= 10 or len(text.lstrip("0")) <= 10:
-            number = int(text)
-            if MIN_ID <= number <= MAX_ID:
-                return number
-        _fail(where, f"attribute {attribute!r} is out of range {MIN_ID}..{MAX_ID}: {_show(value)}")
-    if text[:1] == "-" and text[1:].isdigit() and text[1:].isascii():
-        _fail(where, f"attribute {attribute!r} is out of range {MIN_ID}..{MAX_ID}: {_show(value)}")
-    _fail(where, f"attribute {attribute!r} is not a decimal integer: {_show(value)}")
-
-
-def _parse_bool(value: object, where: str, attribute: str) -> bool:
-    """Parse an optional ``xs:boolean`` attribute (absent = false)."""
-    if value is None:
-        return False
-    if isinstance(value, str):
-        text = value.strip()
-        if text in ("true", "1"):
-            return True
-        if text in ("false", "0"):
-            return False
-    _fail(where, f"attribute {attribute!r} must be 'true', '1', 'false' or '0', got {_show(value)}")
-
-
-_B64_PATTERN: Final = re.compile(r"[A-Za-z0-9+/]*={0,2}")
-
-
-def _b64decode_portable(text: str) -> bytes:
-    """Decode canonical base64 (whitespace ignored); any other input raises :class:`ValueError`."""
-    compact = "".join(text.split())
-    if len(compact) % 4 or _B64_PATTERN.fullmatch(compact) is None:
-        raise ValueError("not base64")
-    return binascii.a2b_base64(compact)
-
-
-if sys.version_info >= (3, 11):
-
-    def _b64decode_strict(text: str) -> bytes:
-        """Same contract as :func:`_b64decode_portable`, about twice as fast (no regex).
-
-        ``strict_mode`` rejects non-alphabet characters, leading, discontinuous and trailing-data
-        padding; the two extra checks reject missing padding and more than two ``=`` (which
-        ``strict_mode`` accepts).
-        """
-        if len(text) % 4 == 0 and not text.endswith("==="):
-            # Fast path: most clients send base64 without whitespace (strict mode rejects any).
-            try:
-                return binascii.a2b_base64(text, strict_mode=True)
-            except ValueError:  # binascii.Error, or non-ASCII (possibly Unicode whitespace)
-                pass
-        compact = "".join(text.split())
-        if len(compact) % 4 or compact.endswith("==="):
-            raise ValueError("not base64")
-        return binascii.a2b_base64(compact, strict_mode=True)
-
-    _b64decode = _b64decode_strict
-else:  # pragma: no cover - exercised on Python 3.10 only
-    _b64decode = _b64decode_portable
-
-
-#: ``_b64_text`` length for texts that must not be empty (ciphertexts of unspecified length).
-_NON_EMPTY: Final = -1
-#: ``_b64_text`` length for texts that may be anything, even empty (``<payload>``).
-_ANY_LENGTH: Final = -2
-
-
-def _b64_text(element: Element, where: str, length: int, ident: int | None = None) -> bytes:
-    """Decode the base64 text of ``element``.
-
-    ``length``: the exact decoded length required, or :data:`_NON_EMPTY` or :data:`_ANY_LENGTH`.
-    ``ident`` (an id already parsed from the element) makes the message precise.
-    """
-    text = element.text
-    if text is None:
-        text = ""
-    elif not isinstance(text, str):
-        _fail(_where_id(where, ident), f"text is not a string ({type(text).__name__})")
-    try:
-        data = _b64decode(text)
-    except ValueError:  # binascii.Error, or non-ASCII characters
-        _fail(_where_id(where, ident), f"text is not valid base64: {_show(text.strip())}")
-    if length == _NON_EMPTY:
-        if not data:
-            _fail(_where_id(where, ident), "text is empty")
-    elif length != _ANY_LENGTH and len(data) != length:
-        _fail(_where_id(where, ident), f"text must be base64 of {length} bytes, got {len(data)} bytes")
-    return data
-
-
-def _where_id(where: str, ident: int | None) -> str:
-    return where if ident is None else f"{where} (id {ident})"
+# Helpers of this namespace (the shared ones are in _xml_common)
 
 
 def _lenient_signature(value: object) -> bytes | None:
@@ -597,22 +447,3 @@ def _lenient_signature(value: object) -> bytes | None:
     except ValueError:
         return None
     return data if len(data) == SIGNATURE_LENGTH else None
-
-
-def _b64encode(data: bytes) -> str:
-    return binascii.b2a_base64(data, newline=False).decode("ascii")
-
-
-def _check_id(name: str, value: int) -> None:
-    if not MIN_ID <= value <= MAX_ID:
-        raise ValueError(f"{name} must be in {MIN_ID}..{MAX_ID}, got {value}")
-
-
-def _check_length(name: str, value: bytes, length: int) -> None:
-    if len(value) != length:
-        raise ValueError(f"{name} must be {length} bytes, got {len(value)}")
-
-
-def _check_unique_pre_key_ids(pre_keys: tuple[PreKey, ...]) -> None:
-    if len({pre_key.pre_key_id for pre_key in pre_keys}) != len(pre_keys):
-        raise ValueError("pre key ids must be unique within a bundle")
