@@ -54,6 +54,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, TypedDict
 
+from omemo import _legacy_convert as convert
 from omemo._engine_backend import UNKNOWN_SPK_ID
 from omemo.session import Initiation
 from omemo.session_manager import BundleDownloadFailed, BundleNotFound
@@ -62,7 +63,6 @@ from omemo.types import JSONType
 from omemo_engine import xeddsa
 from omemo_engine.errors import InvalidKey, InvalidState
 
-from . import _migrations_convert as convert
 from .oldmemo import NAMESPACE, BundleImpl, KeyExchangeImpl, Oldmemo, SessionImpl
 
 # The order of the reference module (LEGACY-MIGRATION.md 1.1).

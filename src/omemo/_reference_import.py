@@ -40,7 +40,7 @@ key without an id (never published) gets a fresh one. The identity key is not re
 record: it is shared through ``/ikp``. Sessions keep initiation, key exchange (ids and public keys),
 associated data, ratchet state including skipped message keys, and ``confirmed``. Pre-stable records
 (no ``version`` key: storage the reference Oldmemo migrated from python-omemo < 1.0 and never wrote
-again) are converted with :mod:`oldmemo._migrations_convert`.
+again) are converted with :mod:`omemo._legacy_convert`.
 
 Corrupt data. Account-level records (``x3dh``, the id maps, the counter) that cannot be converted
 raise :class:`~omemo_engine.errors.InvalidState` naming the storage key: nothing is written, and the
@@ -325,7 +325,7 @@ def _convert_pre_stable_keys(
 ) -> ConvertedKeys:
     # Only the reference Oldmemo writes this shape (it migrated python-omemo < 1.0 data verbatim).
     # Imported here, not at module level: oldmemo depends on omemo, not the other way round.
-    from oldmemo import _migrations_convert as legacy
+    from . import _legacy_convert as legacy
 
     spk_priv = legacy.b64_key(
         _field(_field(_field(x3dh, "spk", "x3dh"), "key", "x3dh.spk"), "priv", "x3dh.spk.key"),
@@ -446,7 +446,7 @@ def convert_ratchet(double_ratchet: Any, initiator: bool, associated_data: bytes
     if not 0 < len(associated_data) < 256:
         raise InvalidState(f"associated_data: unexpected length {len(associated_data)}")
     if isinstance(double_ratchet, Mapping) and "version" not in double_ratchet:
-        from oldmemo import _migrations_convert as legacy  # see _convert_pre_stable_keys
+        from . import _legacy_convert as legacy  # see _convert_pre_stable_keys
 
         return legacy.ratchet_state(double_ratchet, initiator, associated_data)
     where = "double_ratchet"

@@ -37,7 +37,6 @@ import oldmemo
 import oldmemo.etree
 import oldmemo.migrations
 import twomemo
-from oldmemo import _migrations_convert as convert
 from oldmemo.migrations import LegacyStorage, migrate
 from oldmemo.oldmemo import BundleImpl, EncryptedKeyMaterialImpl, KeyExchangeImpl, SessionImpl
 from omemo import (
@@ -49,6 +48,7 @@ from omemo import (
     TrustLevel,
     UnknownTrustLevel,
 )
+from omemo import _legacy_convert as convert
 from omemo._engine_backend import UNKNOWN_SPK_ID, KeyState
 from omemo.bundle import Bundle
 from omemo.message import Message

@@ -1,4 +1,5 @@
-"""Pure conversions of legacy (pre-1.0) python-omemo data for :mod:`oldmemo.migrations`.
+"""Pure conversions of legacy (pre-1.0) python-omemo data, for :mod:`oldmemo.migrations` and the
+reference-format import (:mod:`omemo._reference_import`, pre-stable records).
 
 Theory of operation. The legacy stack (python-omemo < 1.0 with omemo-backend-signal, python-x3dh 0.5
 and python-doubleratchet 0.7) serialised its state as JSON objects whose keys are raw 32-byte
