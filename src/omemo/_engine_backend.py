@@ -33,7 +33,7 @@ import time
 from abc import abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Optional, Tuple
 
 from omemo_engine import ratchet, x3dh, xeddsa
@@ -55,7 +55,6 @@ from .session import Initiation, Session
 from .storage import Storage
 
 __all__ = [
-    "DEFAULT_PRE_KEY_COUNT",
     "EngineBackend",
     "EngineBundle",
     "EngineEncryptedKeyMaterial",
@@ -65,8 +64,6 @@ __all__ = [
     "KeyState",
 ]
 
-#: How many one-time pre keys a fresh device publishes (XEP-0384: at least 25, "around 100").
-DEFAULT_PRE_KEY_COUNT = 100
 #: Largest id allowed for pre keys and signed pre keys (XEP-0384: 1 .. 2^31 - 1).
 MAX_ID = 2**31 - 1
 #: How many sessions a backend keeps decoded in memory (least recently used dropped first).
@@ -176,7 +173,7 @@ class EngineBundle(Bundle):
             and other.NAMESPACE == self.NAMESPACE
             and other._bare_jid == self._bare_jid
             and other._device_id == self._device_id
-            and _same_bundle(other._engine, self._engine)
+            and other._engine == self._engine
         )
 
     def __hash__(self) -> int:
@@ -191,17 +188,6 @@ class EngineBundle(Bundle):
             f"{type(self).__name__}(bare_jid={self._bare_jid!r}, device_id={self._device_id}, "
             f"signed_pre_key_id={self.signed_pre_key_id}, pre_keys={len(self.pre_keys)})"
         )
-
-
-def _same_bundle(a: x3dh.PreKeyBundle, b: x3dh.PreKeyBundle) -> bool:
-    # identity_key_curve is a cache of a derived value and does not take part in equality.
-    return (
-        a.identity_key == b.identity_key
-        and a.signed_pre_key_id == b.signed_pre_key_id
-        and a.signed_pre_key == b.signed_pre_key
-        and a.signed_pre_key_signature == b.signed_pre_key_signature
-        and a.pre_keys == b.pre_keys
-    )
 
 
 class EngineKeyExchange(KeyExchange):
@@ -532,6 +518,7 @@ class EngineBackend(Backend):
         self._prefix = f"/{self.PROFILE.name}/"
         self._identity: Optional[IdentityKeyPair] = None
         self._identity_priv = b""
+        self._identity_curve = b""
         self._keys: Optional[KeyState] = None
         self._index: Optional[dict[str, list[int]]] = None
         self._sessions: OrderedDict[
@@ -550,12 +537,13 @@ class EngineBackend(Backend):
     # -- identity and key state -------------------------------------------------------------------
 
     async def _identity_key_pair(self) -> tuple[bytes, bytes]:
-        """Our identity (private scalar, Ed25519 public key)."""
+        """Our identity (private scalar, Ed25519 public key); also caches the Curve25519 public key."""
         if self._identity is None:
             identity = await IdentityKeyPair.get(self._storage)
             # Clamped, as the public key is derived from the clamped scalar: migrated legacy data may
             # hold an unclamped private key, and XEdDSA signs with the scalar as given.
             self._identity_priv = xeddsa.clamp(identity.as_priv().priv)
+            self._identity_curve = xeddsa.priv_to_curve25519_pub(self._identity_priv)
             self._identity = identity
         return self._identity_priv, self._identity.identity_key
 
@@ -712,6 +700,7 @@ class EngineBackend(Backend):
                 identity_key,
                 bundle.engine_bundle,
                 random_bytes=self._random_bytes,
+                identity_key_curve=self._identity_curve,
             )
             state = ratchet.initialize_active(
                 self.PROFILE,
@@ -777,6 +766,7 @@ class EngineBackend(Backend):
                 pre_key_priv=pre_key[0],
                 other_identity_key=key_exchange.identity_key,
                 ephemeral_key=key_exchange.ephemeral_key,
+                identity_key_curve=self._identity_curve,
             )
         except KeyExchangeError as exc:
             raise KeyExchangeFailed(f"key exchange from {where} failed: {exc}") from None
@@ -853,12 +843,10 @@ class EngineBackend(Backend):
         identity_priv, _ = await self._identity_key_pair()
         new_id = keys.signed_pre_key.key_id % MAX_ID + 1
         await self._store_keys(
-            KeyState(
-                self._new_signed_pre_key(new_id, identity_priv),
-                keys.signed_pre_key,
-                keys.pre_keys,
-                keys.hidden_pre_keys,
-                keys.next_pre_key_id,
+            replace(
+                keys,
+                signed_pre_key=self._new_signed_pre_key(new_id, identity_priv),
+                old_signed_pre_key=keys.signed_pre_key,
             )
         )
 
@@ -874,11 +862,8 @@ class EngineBackend(Backend):
         if pre_key_id is None or pre_key_id not in keys.pre_keys:
             return False
         visible = dict(keys.pre_keys)
-        hidden = dict(keys.hidden_pre_keys)
-        hidden[pre_key_id] = visible.pop(pre_key_id)
-        await self._store_keys(
-            KeyState(keys.signed_pre_key, keys.old_signed_pre_key, visible, hidden, keys.next_pre_key_id)
-        )
+        hidden = {**keys.hidden_pre_keys, pre_key_id: visible.pop(pre_key_id)}
+        await self._store_keys(replace(keys, pre_keys=visible, hidden_pre_keys=hidden))
         return True
 
     async def delete_pre_key(self, session: Session) -> bool:
@@ -888,19 +873,13 @@ class EngineBackend(Backend):
             return False
         visible = {k: v for k, v in keys.pre_keys.items() if k != pre_key_id}
         hidden = {k: v for k, v in keys.hidden_pre_keys.items() if k != pre_key_id}
-        await self._store_keys(
-            KeyState(keys.signed_pre_key, keys.old_signed_pre_key, visible, hidden, keys.next_pre_key_id)
-        )
+        await self._store_keys(replace(keys, pre_keys=visible, hidden_pre_keys=hidden))
         return True
 
     async def delete_hidden_pre_keys(self) -> None:
         keys = await self._key_state()
         if keys.hidden_pre_keys:
-            await self._store_keys(
-                KeyState(
-                    keys.signed_pre_key, keys.old_signed_pre_key, keys.pre_keys, {}, keys.next_pre_key_id
-                )
-            )
+            await self._store_keys(replace(keys, hidden_pre_keys={}))
 
     async def get_num_visible_pre_keys(self) -> int:
         return len((await self._key_state()).pre_keys)
@@ -916,13 +895,7 @@ class EngineBackend(Backend):
             priv = self._random_bytes(32)
             visible[key_id] = (priv, xeddsa.priv_to_curve25519_pub(priv))
         await self._store_keys(
-            KeyState(
-                keys.signed_pre_key,
-                keys.old_signed_pre_key,
-                visible,
-                keys.hidden_pre_keys,
-                keys.next_pre_key_id + num_pre_keys,
-            )
+            replace(keys, pre_keys=visible, next_pre_key_id=keys.next_pre_key_id + num_pre_keys)
         )
 
     async def get_bundle(self, bare_jid: str, device_id: int) -> EngineBundle:
@@ -938,12 +911,6 @@ class EngineBackend(Backend):
             spk.signature,
             {key_id: pub for key_id, (_, pub) in keys.pre_keys.items()},
         )
-
-    # -- labels (XEP-0384 0.9: signed device labels) -----------------------------------------------------
-
-    @property
-    def supports_labels(self) -> bool:
-        return False
 
     # -- data management --------------------------------------------------------------------------------
 

@@ -354,7 +354,7 @@ def decrypt(
         plaintext = _open(profile, state.skipped[key], mac_ad, opened)
         remaining = dict(state.skipped)
         del remaining[key]
-        return _replace_skipped(state, remaining), plaintext
+        return state._replace(skipped=remaining), plaintext
 
     root = state.root_key
     own_priv, own_pub = state.own_ratchet_priv, state.own_ratchet_pub
@@ -414,20 +414,3 @@ def decrypt(
         skipped,
     )
     return new_state, plaintext
-
-
-def _replace_skipped(state: RatchetState, skipped: SkippedKeys) -> RatchetState:
-    return RatchetState(
-        state.initiator,
-        state.associated_data,
-        state.root_key,
-        state.own_ratchet_priv,
-        state.own_ratchet_pub,
-        state.other_ratchet_pub,
-        state.sending_chain_key,
-        state.sending_n,
-        state.receiving_chain_key,
-        state.receiving_n,
-        state.previous_sending_n,
-        skipped,
-    )

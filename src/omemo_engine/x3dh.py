@@ -60,7 +60,7 @@ class PreKeyBundle:
     signed_pre_key: bytes
     signed_pre_key_signature: bytes
     pre_keys: Mapping[int, bytes]
-    identity_key_curve: bytes | None = None
+    identity_key_curve: bytes | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
