@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from omemo._engine_backend import KeyState, SignedPreKey
+from omemo._engine_backend import MAX_ID, KeyState, SignedPreKey
 from omemo_engine import xeddsa
 from omemo_engine.errors import InvalidKey, InvalidSignature, InvalidState
 from omemo_engine.profile import LEGACY
@@ -56,7 +56,6 @@ AD_HALF_PREFIX = b"\x05"
 #: Largest value the ratchet record can hold for a chain length or message number (``>I``).
 _MAX_COUNTER = 2**32 - 1
 #: Pre key / signed pre key ids are 1 .. 2^31 - 1 (XEP-0384).
-_MAX_ID = 2**31 - 1
 
 
 def _field(obj: Any, name: str, where: str) -> Any:
@@ -84,7 +83,8 @@ def b64_key(value: Any, where: str, length: int = KEY_LENGTH) -> bytes:
     return raw
 
 
-def _int(value: Any, where: str, low: int, high: int) -> int:
+def int_in_range(value: Any, where: str, low: int, high: int) -> int:
+    """``value`` if it is an int (not a bool) in ``low..high``, else :class:`InvalidState`."""
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise InvalidState(f"{where}: expected an integer in {low}..{high}, got {value!r}")
     return value
@@ -126,7 +126,7 @@ def bound_pre_keys(bound_otpks: Any) -> dict[tuple[str, int], tuple[int, bytes]]
             raise InvalidState(f"state.bound_otpks[{bare_jid!r}]: expected a JSON object")
         for raw_id, bound in devices.items():
             where = f"state.bound_otpks[{bare_jid!r}][{raw_id!r}]"
-            pre_key_id = _int(_field(bound, "id", where), f"{where}.id", 1, _MAX_ID)
+            pre_key_id = int_in_range(_field(bound, "id", where), f"{where}.id", 1, MAX_ID)
             pre_key = b64_key(_field(bound, "otpk", where), f"{where}.otpk")
             result[(bare_jid, device_id(raw_id, where))] = (pre_key_id, pre_key)
     return result
@@ -223,8 +223,8 @@ def x3dh_key_state(
     if not isinstance(otpk_ids, Mapping):
         raise InvalidState("otpk_ids: expected a JSON object")
     for pub_b64, key_id in otpk_ids.items():
-        ids[b64_key(pub_b64, "otpk_ids key")] = _int(key_id, "otpk_ids value", 1, _MAX_ID)
-    counter = _int(otpk_id_counter, "otpk_id_counter", 0, _MAX_ID)
+        ids[b64_key(pub_b64, "otpk_ids key")] = int_in_range(key_id, "otpk_ids value", 1, MAX_ID)
+    counter = int_in_range(otpk_id_counter, "otpk_id_counter", 0, MAX_ID)
 
     dropped = 0
 
@@ -268,7 +268,7 @@ def _signed_pre_key(
     timestamp = _field(spk, "timestamp", where)
     if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float)) or timestamp < 0:
         raise InvalidState(f"{where}.timestamp: expected a non-negative number, got {timestamp!r}")
-    key_id = _int(spk_id, "spk_id", 1, _MAX_ID)
+    key_id = int_in_range(spk_id, "spk_id", 1, MAX_ID)
     message = LEGACY.encode_signed_pre_key(pub)
     resigned = False
     try:
@@ -285,7 +285,7 @@ def _signed_pre_key(
 def _chain(value: Any, where: str) -> tuple[Optional[bytes], int]:
     if value is None:
         return None, 0
-    length = _int(_field(value, "length", where), f"{where}.length", 0, _MAX_COUNTER)
+    length = int_in_range(_field(value, "length", where), f"{where}.length", 0, _MAX_COUNTER)
     return b64_key(_field(value, "key", where), f"{where}.key"), length
 
 
@@ -327,7 +327,9 @@ def ratchet_state(double_ratchet: Any, initiator: bool, associated_data: bytes) 
     sending_key, sending_n = _chain(_field(skr, "schain", f"{where}.skr"), f"{where}.skr.schain")
     receiving_key, receiving_n = _chain(_field(skr, "rchain", f"{where}.skr"), f"{where}.skr.rchain")
     pn = skr.get("prev_schain_length")
-    previous_sending_n = 0 if pn is None else _int(pn, f"{where}.skr.prev_schain_length", 0, _MAX_COUNTER)
+    previous_sending_n = (
+        0 if pn is None else int_in_range(pn, f"{where}.skr.prev_schain_length", 0, _MAX_COUNTER)
+    )
 
     skipped: dict[tuple[bytes, int], bytes] = {}
     smks = double_ratchet.get("smks") or {}
@@ -340,7 +342,9 @@ def ratchet_state(double_ratchet: Any, initiator: bool, associated_data: bytes) 
         except (TypeError, ValueError):
             raise InvalidState(f"{where}.smks: a key is not a JSON document") from None
         ratchet_pub = b64_key(_field(parsed, "pub", f"{where}.smks key"), f"{where}.smks key.pub")
-        index = _int(_field(parsed, "index", f"{where}.smks key"), f"{where}.smks key.index", 0, _MAX_COUNTER)
+        index = int_in_range(
+            _field(parsed, "index", f"{where}.smks key"), f"{where}.smks key.index", 0, _MAX_COUNTER
+        )
         skipped[(ratchet_pub, index)] = b64_key(message_key, f"{where}.smks value")
 
     if len(associated_data) != 2 * (1 + KEY_LENGTH):

@@ -65,7 +65,9 @@ from omemo_engine.errors import InvalidKey, InvalidSignature, InvalidState
 from omemo_engine.profile import Profile
 from omemo_engine.ratchet import RatchetState
 
+from . import _legacy_convert as legacy
 from ._engine_backend import MAX_ID, KeyState, SignedPreKey
+from ._legacy_convert import int_in_range
 from ._session_manager_runtime import AsyncioRuntime, Lock, TwistedRuntime
 from .session import Initiation
 from .storage import Storage
@@ -136,12 +138,6 @@ def _latin1(value: Any, where: str, length: int = KEY_LENGTH) -> bytes:
     return raw
 
 
-def _int(value: Any, where: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InvalidState(f"{where}: expected an integer in {low}..{high}, got {value!r}")
-    return value
-
-
 def _id_map(value: Any, where: str) -> dict[bytes, int]:
     """``signed_pre_key_ids`` / ``pre_key_ids``: standard base64 of a public key -> id."""
     if not isinstance(value, Mapping):
@@ -154,7 +150,7 @@ def _id_map(value: Any, where: str) -> dict[bytes, int]:
             raise InvalidState(f"{where}: the key {pub_b64!r} is not standard base64") from None
         if len(pub) != KEY_LENGTH:
             raise InvalidState(f"{where}: the key {pub_b64!r} is not a {KEY_LENGTH}-byte public key")
-        result[pub] = _int(key_id, f"{where}[{pub_b64!r}]", 1, MAX_ID)
+        result[pub] = int_in_range(key_id, f"{where}[{pub_b64!r}]", 1, MAX_ID)
     return result
 
 
@@ -243,7 +239,9 @@ def convert_keys(
     """
     spk_ids = _id_map(signed_pre_key_ids, "signed_pre_key_ids")
     pk_ids = _id_map(pre_key_ids, "pre_key_ids")
-    counter = 0 if pre_key_id_counter is None else _int(pre_key_id_counter, "pre_key_id_counter", 0, MAX_ID)
+    counter = (
+        0 if pre_key_id_counter is None else int_in_range(pre_key_id_counter, "pre_key_id_counter", 0, MAX_ID)
+    )
     if isinstance(x3dh, Mapping) and "version" not in x3dh:
         return _convert_pre_stable_keys(
             x3dh, spk_ids, pk_ids, counter, profile, identity_priv, identity_key, random_bytes
@@ -325,7 +323,6 @@ def _convert_pre_stable_keys(
 ) -> ConvertedKeys:
     # Only the reference Oldmemo writes this shape (it migrated python-omemo < 1.0 data verbatim).
     # Imported here, not at module level: oldmemo depends on omemo, not the other way round.
-    from . import _legacy_convert as legacy
 
     spk_priv = legacy.b64_key(
         _field(_field(_field(x3dh, "spk", "x3dh"), "key", "x3dh.spk"), "priv", "x3dh.spk.key"),
@@ -424,7 +421,7 @@ class ReferenceSession:
 def _chain(value: Any, where: str) -> tuple[Optional[bytes], int]:
     if value is None:
         return None, 0
-    length = _int(_field(value, "length", where), f"{where}.length", 0, _MAX_COUNTER)
+    length = int_in_range(_field(value, "length", where), f"{where}.length", 0, _MAX_COUNTER)
     return _latin1(_field(value, "key", where), f"{where}.key"), length
 
 
@@ -446,8 +443,6 @@ def convert_ratchet(double_ratchet: Any, initiator: bool, associated_data: bytes
     if not 0 < len(associated_data) < 256:
         raise InvalidState(f"associated_data: unexpected length {len(associated_data)}")
     if isinstance(double_ratchet, Mapping) and "version" not in double_ratchet:
-        from . import _legacy_convert as legacy  # see _convert_pre_stable_keys
-
         return legacy.ratchet_state(double_ratchet, initiator, associated_data)
     where = "double_ratchet"
     dh = _field(double_ratchet, "diffie_hellman_ratchet", where)
@@ -465,7 +460,9 @@ def convert_ratchet(double_ratchet: Any, initiator: bool, associated_data: bytes
         _field(skr, "receiving_chain", f"{where}.skr"), f"{where}.skr.receiving_chain"
     )
     pn = skr.get("previous_sending_chain_length")
-    previous_n = 0 if pn is None else _int(pn, f"{where}.skr.previous_sending_chain_length", 0, _MAX_COUNTER)
+    previous_n = (
+        0 if pn is None else int_in_range(pn, f"{where}.skr.previous_sending_chain_length", 0, _MAX_COUNTER)
+    )
     entries = double_ratchet.get("skipped_message_keys") or []
     if not isinstance(entries, list):
         raise InvalidState(f"{where}.skipped_message_keys: expected a list")
@@ -473,7 +470,7 @@ def convert_ratchet(double_ratchet: Any, initiator: bool, associated_data: bytes
     for index, entry in enumerate(entries):
         at = f"{where}.skipped_message_keys[{index}]"
         pub = _latin1(_field(entry, "ratchet_pub", at), f"{at}.ratchet_pub")
-        n = _int(_field(entry, "index", at), f"{at}.index", 0, _MAX_COUNTER)
+        n = int_in_range(_field(entry, "index", at), f"{at}.index", 0, _MAX_COUNTER)
         skipped[(pub, n)] = _latin1(_field(entry, "message_key", at), f"{at}.message_key")
     return RatchetState(
         initiator=initiator,
@@ -518,8 +515,10 @@ async def _load_session(
     # -1 marks ids that are unknown in sessions migrated from python-omemo < 1.0. The signed pre key
     # id keeps it (our "migrated" marker); a missing pre key id becomes 0, as oldmemo.migrations
     # writes it (no real id is 0, so neither value can match a received key exchange).
-    spk_id = _int(values["key_exchange/signed_pre_key_id"], "key_exchange/signed_pre_key_id", -1, MAX_ID)
-    pk_id = max(_int(values["key_exchange/pre_key_id"], "key_exchange/pre_key_id", -1, MAX_ID), 0)
+    spk_id = int_in_range(
+        values["key_exchange/signed_pre_key_id"], "key_exchange/signed_pre_key_id", -1, MAX_ID
+    )
+    pk_id = max(int_in_range(values["key_exchange/pre_key_id"], "key_exchange/pre_key_id", -1, MAX_ID), 0)
     confirmed = values["confirmed"]
     if not isinstance(confirmed, bool):
         raise InvalidState(f"confirmed: expected a boolean, got {confirmed!r}")
@@ -547,7 +546,7 @@ def _device_ids(value: Any) -> list[int]:
     result = []
     for item in value:
         number = int(item) if isinstance(item, str) and item.strip().isdecimal() else item
-        result.append(_int(number, "device id", 1, MAX_ID))
+        result.append(int_in_range(number, "device id", 1, MAX_ID))
     return result
 
 
