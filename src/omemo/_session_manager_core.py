@@ -410,13 +410,6 @@ class Core:
             label=record.label,
         )
 
-    def memoised_device_information(self, bare_jid: str) -> Optional[FrozenSet[DeviceInformation]]:
-        """The memo of :meth:`known_device_information` if still valid (no await: the hot path)."""
-        memo = self._known_information.get(bare_jid)
-        if memo is not None and memo[0] == self.devices.writes:
-            return memo[1]
-        return None
-
     async def known_device(self, bare_jid: str, device_id: int) -> Optional[DeviceInformation]:
         """The device information of one device if it and its identity key are known (no network;
         answered from the memo of :meth:`known_device_information` in the steady state), else None."""
@@ -433,10 +426,10 @@ class Core:
         Touches no network, so callers can use it sequentially and keep concurrency (and the event
         loop's scheduling cost) for the accounts whose bundles still have to be downloaded.
         """
-        memoised = self.memoised_device_information(bare_jid)
-        if memoised is not None:
-            return memoised
         writes = self.devices.writes
+        memo = self._known_information.get(bare_jid)
+        if memo is not None and memo[0] == writes:
+            return memo[1]
         async with self.jid_locks.hold(bare_jid):
             ids = await self.devices.device_ids(bare_jid)
             records = [(dev, await self.devices.load(bare_jid, dev)) for dev in ids]
@@ -457,6 +450,9 @@ class Core:
             The device information, and the bundles downloaded on the way (keyed by namespace and
             device id) so that ``encrypt`` does not download them twice.
         """
+        known = await self.known_device_information(bare_jid)
+        if known is not None:
+            return known, {}
         async with self.jid_locks.hold(bare_jid):
             ids = await self.devices.device_ids(bare_jid)
             records = {dev: await self.devices.load(bare_jid, dev) for dev in ids}

@@ -215,7 +215,7 @@ async def encrypt(
     infos: Dict[str, Tuple[FrozenSet[DeviceInformation], Dict[Tuple[str, int], Bundle]]] = {}
     incomplete: List[str] = []
     for jid in recipients:
-        known = core.memoised_device_information(jid) or await core.known_device_information(jid)
+        known = await core.known_device_information(jid)
         if known is None:
             incomplete.append(jid)
         else:
