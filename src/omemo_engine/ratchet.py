@@ -368,6 +368,12 @@ def decrypt(
                 f"(or its key was evicted); the chain is at {receiving_n}"
             )
     else:
+        receiving_n = 0
+        if header.n > max_skipped_per_message:  # refuse before the costly DH step
+            raise TooManySkippedKeys(
+                f"message {header.n} of a new chain would skip {header.n} message keys; "
+                f"at most {max_skipped_per_message} are allowed per message"
+            )
         if state.receiving_chain_key is not None and state.other_ratchet_pub is not None:
             gap = header.pn - state.receiving_n
             if 0 < gap <= max_skipped_per_message:
@@ -383,7 +389,6 @@ def decrypt(
             raise AuthenticationFailed("the message carries an invalid ratchet key") from None
         pn = sending_n if state.sending_chain_key is not None else 0
         sending_n = 0
-        receiving_n = 0
     if header.n - receiving_n > max_skipped_per_message:
         raise TooManySkippedKeys(
             f"message {header.n} would skip {header.n - receiving_n} message keys; "
