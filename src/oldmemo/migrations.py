@@ -269,6 +269,12 @@ async def migrate(
     own_device_id = convert.device_id(own_data["own_device_id"], "own_data.own_device_id")
     state = await legacy_storage.loadState()
     if state is None:
+        migrated = (await storage.load_primitive("/own_device_id", int)).maybe(None)
+        if migrated == own_device_id:
+            # An earlier run migrated everything and deleted the state, then failed before deleting
+            # the own data: finish that run.
+            await legacy_storage.deleteOwnData()
+            return
         _log.warning(
             "legacy OMEMO data has no key state: nothing can be migrated; the legacy data is left alone "
             "and a new device will be set up"

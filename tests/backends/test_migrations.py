@@ -839,6 +839,7 @@ async def test_d4_d8_legacy_failure_at_every_call_then_rerun() -> None:
         legacy.fail = None
         await migrate(legacy, storage, *NAMES, downloader(vector))
         assert comparable(snap(storage)) == expected, f"failure at legacy call {fail_at}"
+        await check_migrated(vector, legacy, storage)  # the legacy data is gone too
 
 
 @needs_upstream
