@@ -302,4 +302,6 @@ def test_omemo2_mac_vector() -> None:
     _, sealed = OMEMO2.wire.parse_key_exchange(wire_kex)
     opened = OMEMO2.wire.open(sealed)
     assert opened.mac.hex() == mid["message_mac_16"]
-    assert opened.mac_input.startswith(bytes.fromhex("0800100 01a20".replace(" ", "")))
+    # The MAC recomputed from the vector's auth key over AD || the serialised OMEMOMessage.
+    mac = hmac_sha256(h(mid["message_auth_key"]), h(mid["associated_data"]) + opened.mac_input)[:16]
+    assert mac.hex() == mid["message_mac_16"]

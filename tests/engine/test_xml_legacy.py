@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, cast
@@ -41,8 +42,10 @@ OLD = KAT["oldmemo"]
 NS = lg.NAMESPACE
 N = "{" + NS + "}"
 
-MIGRATION = Path(__file__).resolve().parents[3] / "shared" / "vectors" / "legacy-migration"
-GENERATED = MIGRATION / "generated-passive-skipped"
+SHARED = Path(os.environ.get("OMEMO_STACK_SHARED", Path(__file__).resolve().parents[3] / "shared"))
+MIGRATION = SHARED / "vectors" / "legacy-migration"
+# The generated set is copied into the repository (tests/backends/legacy_data/PROVENANCE).
+GENERATED = Path(__file__).resolve().parents[1] / "backends" / "legacy_data" / "generated-passive-skipped"
 UPSTREAM = MIGRATION / "upstream-v1.2.0"
 
 
