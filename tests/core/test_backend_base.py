@@ -157,24 +157,6 @@ async def test_label_methods_default_to_unsupported() -> None:
         await backend.verify_label_signature("phone", b"\x00" * 64, b"\x00" * 32)
 
 
-async def test_label_methods_can_be_overridden() -> None:
-    class Labelled(Backend102):
-        @property
-        def supports_labels(self) -> bool:
-            return True
-
-        async def sign_own_label(self, label: str) -> bytes:
-            return label.encode()[::-1]
-
-        async def verify_label_signature(self, label: str, signature: bytes, identity_key: bytes) -> bool:
-            return signature == label.encode()[::-1]
-
-    backend = Labelled()
-    assert backend.supports_labels
-    sig = await backend.sign_own_label("x1")
-    assert await backend.verify_label_signature("x1", sig, b"")
-
-
 def test_label_members_are_not_abstract() -> None:
     assert not {"supports_labels", "sign_own_label", "verify_label_signature"} & Backend.__abstractmethods__
 

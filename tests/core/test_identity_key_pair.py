@@ -15,6 +15,7 @@ from typing import Dict
 import pytest
 
 from omemo.identity_key_pair import IdentityKeyPair, IdentityKeyPairPriv, IdentityKeyPairSeed
+from omemo.storage import Maybe
 from omemo.storages import MemoryStorage
 from omemo.types import JSONType
 from omemo_engine import xeddsa
@@ -135,8 +136,16 @@ async def test_get_sees_changes_made_through_the_storage() -> None:
     assert changed.identity_key == RFC8032_PUB
 
 
+class _YieldingStorage(MemoryStorage):
+    """Pauses in every load, so that concurrent first calls really interleave."""
+
+    async def _load(self, key: str) -> Maybe[JSONType]:
+        await asyncio.sleep(0)
+        return await super()._load(key)
+
+
 async def test_concurrent_first_gets_agree() -> None:
-    storage = MemoryStorage()
+    storage = _YieldingStorage()
     results = await asyncio.gather(*(IdentityKeyPair.get(storage) for _ in range(10)))
     assert len({r.identity_key for r in results}) == 1
 

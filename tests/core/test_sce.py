@@ -252,7 +252,10 @@ def test_private_to_muc_conversion_needs_the_to_affix() -> None:
     with pytest.raises(MissingAffix) as info:
         parse(data, expected_to=ROOM, groupchat=True)
     assert info.value.affix == "to"
-    assert parse(body_envelope("hi", to=ROOM, from_=ALICE, timestamp=T0), expected_to=ROOM, groupchat=True)
+    assert (
+        parse(body_envelope("hi", to=ROOM, from_=ALICE, timestamp=T0), expected_to=ROOM, groupchat=True).to
+        == ROOM
+    )
     with pytest.raises(AffixMismatch):
         other_room = body_envelope("hi", to="other@muc.example.org", from_=ALICE, timestamp=T0)
         parse(other_room, expected_to=ROOM, groupchat=True)

@@ -8,13 +8,15 @@ session updates (reused message keys) and pre key changes.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
-from typing import Any, List, Optional
+from collections.abc import Callable
+from typing import Any, Dict, List
 
 import pytest
 
 from omemo.message import Message
-from omemo.storage import Maybe
+from omemo.storage import Just, Maybe, Nothing, Storage
 from omemo.storages import MemoryStorage
 from omemo.testing import InMemoryXMPP
 from omemo.types import JSONType
@@ -49,15 +51,33 @@ class YieldingStorage(MemoryStorage):
         return await super()._delete(key)
 
 
+class YieldingPlainStorage(Storage):
+    """Like :class:`YieldingStorage`, but without transactions: only the locks keep commits apart."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(disable_cache=True)
+        self._rng = random.Random(seed)
+        self._data: Dict[str, str] = {}
+
+    async def _load(self, key: str) -> Maybe[JSONType]:
+        await _yield(self._rng)
+        return Just(json.loads(self._data[key])) if key in self._data else Nothing()
+
+    async def _store(self, key: str, value: JSONType) -> Any:
+        await _yield(self._rng)
+        self._data[key] = json.dumps(value)
+
+    async def _delete(self, key: str) -> Any:
+        await _yield(self._rng)
+        self._data.pop(key, None)
+
+
 class YieldingXMPP(InMemoryXMPP):
     """The in-memory network with latency (random suspensions)."""
 
     def __init__(self) -> None:
         super().__init__()
         self._rng = random.Random(7)
-
-    def _enter(self, operation: str, namespace: str, bare_jid: str, device_id: Optional[int] = None) -> None:
-        super()._enter(operation, namespace, bare_jid, device_id)
 
     async def download_bundle(self, namespace: str, bare_jid: str, device_id: int) -> Any:
         await _yield(self._rng)
@@ -109,7 +129,10 @@ async def test_concurrent_encrypts_never_reuse_message_keys() -> None:
     )
 
 
-async def test_concurrent_key_exchanges_consume_distinct_pre_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("storage_cls", [YieldingStorage, YieldingPlainStorage])
+async def test_concurrent_key_exchanges_consume_distinct_pre_keys(
+    monkeypatch: pytest.MonkeyPatch, storage_cls: Callable[[int], Storage]
+) -> None:
     # Eight random picks out of 100 pre keys collide one time in four; a collision is a legitimate
     # KeyExchangeFailed outside history synchronisation, so each sender takes the next unused key.
     picks = iter(range(1000))
@@ -119,10 +142,8 @@ async def test_concurrent_key_exchanges_consume_distinct_pre_keys(monkeypatch: p
         staticmethod(lambda pre_keys: sorted(pre_keys)[next(picks) % len(pre_keys)]),
     )
     net = YieldingXMPP()
-    bob = await make_account(net, BOB, storage=YieldingStorage(2))
-    senders = [
-        await make_account(net, f"user{i}@example.org", storage=YieldingStorage(10 + i)) for i in range(8)
-    ]
+    bob = await make_account(net, BOB, storage=storage_cls(2))
+    senders = [await make_account(net, f"user{i}@example.org", storage=storage_cls(10 + i)) for i in range(8)]
     for sender in senders:
         messages, _ = await sender.manager.encrypt(frozenset({BOB}), {NS_A: sender.jid.encode()})
         for message in messages:
@@ -178,8 +199,16 @@ async def test_concurrent_decrypt_and_encrypt_on_one_session() -> None:
         bob.manager.encrypt(frozenset({ALICE}), {NS_A: b"b%d" % i}) for i in range(10)
     ]
     random.Random(9).shuffle(ops)
-    await asyncio.gather(*ops)
+    results = await asyncio.gather(*ops)
+    decrypted = sorted(r[0] for r in results if len(r) == 3)
+    assert decrypted == sorted(b"a%d" % i for i in range(10))
+    sent = [m for r in results if len(r) == 2 for m in r[0]]
+    assert len(sent) == 10 and len({(e.epoch, e.n) for m in sent for e, _ in m.keys}) == 10
     session = await bob.backends[NS_A].load_session(ALICE, alice.device_id)
     assert isinstance(session, FakeSession)
     assert len(session.seen) == 11
-    assert session.sending_chain_length >= 1
+    # Everything bob encrypted meanwhile reaches alice.
+    for message in sent:
+        net.send(message)
+    received = [p for p, _, _ in await alice.receive_all() if p is not None]
+    assert sorted(received) == sorted(b"b%d" % i for i in range(10))

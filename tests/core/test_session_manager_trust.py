@@ -6,7 +6,7 @@ from typing import FrozenSet, List, Optional
 
 import pytest
 
-from omemo.session_manager import StillUndecided, TrustDecisionFailed, UnknownTrustLevel
+from omemo.session_manager import NoEligibleDevices, StillUndecided, TrustDecisionFailed, UnknownTrustLevel
 from omemo.testing import InMemoryXMPP
 from omemo.trust import BTBVTrust, ManualTrust, TOFUTrust
 from omemo.types import DeviceInformation, TrustLevel
@@ -105,7 +105,7 @@ async def test_manual_trust_asks_with_identifier() -> None:
         await manager.encrypt(frozenset({BOB}), {NS_A: b"x"})
 
 
-async def test_distrusted_recipient_is_not_eligible_and_undecided_sender_is_decrypted() -> None:
+async def test_undecided_sender_is_decrypted_and_distrusted_recipient_is_not_eligible() -> None:
     net = InMemoryXMPP()
     alice = await make_account(net, ALICE, policy=ManualTrust)
     bob = await make_account(net, BOB, policy=ManualTrust)
@@ -117,6 +117,10 @@ async def test_distrusted_recipient_is_not_eligible_and_undecided_sender_is_decr
     # Bob has not decided about Alice: decryption is allowed.
     [(plaintext, sender, _)] = await bob.receive_all()
     assert plaintext == b"x" and sender.trust_level_name == "UNDECIDED"
+    # Once Alice distrusts Bob's key, Bob has no eligible device left.
+    await alice.manager.set_trust(BOB, bob.identity_key, "DISTRUSTED")
+    with pytest.raises(NoEligibleDevices):
+        await alice.manager.encrypt(frozenset({BOB}), {NS_A: b"y"})
 
 
 async def test_unknown_trust_level_names_the_device() -> None:
