@@ -216,7 +216,8 @@ async def test_backend_writes_only_its_own_keys(alice: Device, bob: Device) -> N
             device.storage.stored_keys()
         )
     # The session records contain no JSON-visible key material other than base64 bytes.
-    assert all(isinstance(v, str) for k, v in alice.storage.snapshot().items() if "/session/" in k)
+    sessions = [v for k, v in alice.storage.snapshot().items() if "/session/" in k]
+    assert sessions and all(isinstance(v, str) for v in sessions)
 
 
 async def test_purge_only_deletes(alice: Device, bob: Device) -> None:

@@ -866,6 +866,5 @@ async def test_oldmemo_identity_key_sign_bit_comes_from_the_session_manager() ->
     manager knows, whichever sign bit it has."""
     world = _WORLDS.get("oldmemo") or await build_world(oldmemo.Oldmemo)
     parsed = await parse_message(world, fresh(world.message))
-    for _, kex in parsed.keys:
-        if kex is not None:
-            assert kex.identity_key == world.sender_identity_key
+    kexes = [kex for _, kex in parsed.keys if kex is not None]
+    assert kexes and all(kex.identity_key == world.sender_identity_key for kex in kexes)

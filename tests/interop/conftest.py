@@ -18,25 +18,24 @@ from typing import Iterator
 import pytest
 
 from .harness import OURS_OVERRIDE_VARIABLE, Network
-from .refenv import ReferenceEnvError, ensure_reference_env
+from .refenv import on_ci, reference_python_or_skip
 
 
 @pytest.fixture(scope="session")
 def reference_python() -> Path:
     """Returns: the interpreter of the cached reference venv (built on first use)."""
-    try:
-        return ensure_reference_env()
-    except (ReferenceEnvError, OSError) as e:
-        message = f"the reference OMEMO venv is not available: {e}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    python = reference_python_or_skip()
+    assert python is not None
+    return python
 
 
 @pytest.fixture(scope="session")
 def our_python() -> Path:
     """Returns: the interpreter for "our" peers (``sys.executable`` unless overridden)."""
-    return Path(os.environ.get(OURS_OVERRIDE_VARIABLE) or sys.executable)
+    override = os.environ.get(OURS_OVERRIDE_VARIABLE)
+    if override and on_ci():
+        pytest.fail(f"{OURS_OVERRIDE_VARIABLE} is set under CI: the interop tests would not test our stack")
+    return Path(override or sys.executable)
 
 
 @pytest.fixture

@@ -145,3 +145,24 @@ def ensure_reference_env(timeout: float = 1800.0) -> Path:
 
 if __name__ == "__main__":
     print(ensure_reference_env())
+
+
+def on_ci() -> bool:
+    """Whether this run is CI's (``CI`` set to true/1/yes), where missing peers are failures."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def reference_python_or_skip(*, optional: bool = False) -> Optional[Path]:
+    """The reference venv's interpreter, for a test. When it cannot be had: fail under CI; else skip
+    the test, or return None if ``optional`` (the caller then runs without the reference)."""
+    import pytest
+
+    try:
+        return ensure_reference_env()
+    except (ReferenceEnvError, OSError) as e:
+        message = f"the reference OMEMO venv is not available: {e}"
+        if on_ci():
+            pytest.fail(message)
+        if optional:
+            return None
+        pytest.skip(message)
