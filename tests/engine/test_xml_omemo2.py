@@ -16,7 +16,6 @@ MalformedXML, nothing else).
 from __future__ import annotations
 
 import base64
-import copy
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -29,6 +28,8 @@ from hypothesis import strategies as st
 from omemo_engine import xeddsa
 from omemo_engine import xml_omemo2 as o2
 from omemo_engine.errors import MalformedXML
+
+from . import xml_fuzz
 
 KAT: dict[str, Any] = json.loads((Path(__file__).parent.parent / "vectors" / "omemo-kat.json").read_text())
 PRIM = KAT["primitives"]
@@ -827,47 +828,15 @@ def seeds() -> list[ET.Element]:
     ]
 
 
-@st.composite
-def mutated(draw: st.DrawFn) -> ET.Element:
-    root = copy.deepcopy(draw(st.sampled_from(seeds())))
-    for _ in range(draw(st.integers(min_value=1, max_value=6))):
-        node: Any = draw(st.sampled_from(list(root.iter())))
-        operation = draw(st.sampled_from(["tag", "attr", "del_attr", "text", "del", "dup", "add", "reverse"]))
-        if operation == "tag":
-            node.tag = draw(st.sampled_from(TAGS + GARBAGE_TAGS))
-        elif operation == "attr":
-            node.set(draw(st.sampled_from(ATTRS)), draw(attr_values))
-        elif operation == "del_attr" and node.attrib:
-            del node.attrib[draw(st.sampled_from(sorted(node.attrib)))]
-        elif operation == "text":
-            node.text = draw(texts)
-        elif operation == "del" and len(node):
-            del node[draw(st.integers(0, len(node) - 1))]
-        elif operation == "dup" and len(node):
-            node.append(copy.deepcopy(node[draw(st.integers(0, len(node) - 1))]))
-        elif operation == "add":
-            child = ET.SubElement(node, draw(st.sampled_from(TAGS + GARBAGE_TAGS)))
-            child.text = draw(texts)
-            if draw(st.booleans()):
-                child.set(draw(st.sampled_from(ATTRS)), draw(attr_values))
-        elif operation == "reverse":
-            node[:] = list(reversed(node))
-    return root
+WORDS = xml_fuzz.Vocabulary(TAGS + GARBAGE_TAGS, ATTRS, attr_values, texts)
 
 
-def random_tree(depth: int = 3) -> st.SearchStrategy[ET.Element]:
-    @st.composite
-    def tree(draw: st.DrawFn, level: int) -> ET.Element:
-        node: Any = ET.Element(draw(st.sampled_from(TAGS + GARBAGE_TAGS)))
-        for name in draw(st.lists(st.sampled_from(ATTRS), max_size=3, unique=True)):
-            node.set(name, draw(attr_values))
-        node.text = draw(texts)
-        if level < depth:
-            for _ in range(draw(st.integers(0, 3))):
-                node.append(draw(tree(level + 1)))
-        return cast(ET.Element, node)
+def mutated() -> st.SearchStrategy[ET.Element]:
+    return xml_fuzz.mutated(seeds, WORDS)
 
-    return tree(0)
+
+def random_tree() -> st.SearchStrategy[ET.Element]:
+    return xml_fuzz.random_tree(WORDS)
 
 
 def parse_or_malformed(parse: Any, build: Any, element: ET.Element) -> None:
