@@ -11,12 +11,14 @@ exactly as the reference implementations do, and fields are written in field-num
 
 from __future__ import annotations
 
-from typing import Any
+import inspect
+import typing
+from typing import Any, Protocol
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message
 
-__all__ = ["FieldSpec", "build_messages"]
+__all__ = ["FieldSpec", "PBMessage", "build_messages", "typed_class"]
 
 _TYPES = {
     "uint32": descriptor_pb2.FieldDescriptorProto.TYPE_UINT32,
@@ -30,6 +32,24 @@ _LABELS = {
 
 #: (name, number, label, type, message type name for "message" fields)
 FieldSpec = tuple[str, int, str, str, str | None]
+
+
+class PBMessage(Protocol):
+    """The part of protobuf's message API that the codecs use. A message's fields are declared by a
+    Protocol deriving from this one, checked against the descriptor by :func:`typed_class`."""
+
+    def HasField(self, field_name: str) -> bool: ...  # noqa: N802 - protobuf's name
+    def ParseFromString(self, serialized: bytes) -> int | None: ...  # noqa: N802
+    def MergeFromString(self, serialized: bytes) -> int | None: ...  # noqa: N802
+    def SerializeToString(self) -> bytes: ...  # noqa: N802
+    def SerializePartialToString(self) -> bytes: ...  # noqa: N802
+
+
+#: The Python type a field of each protobuf type reads back as.
+_PYTHON_TYPES: dict[int, type] = {
+    descriptor_pb2.FieldDescriptorProto.TYPE_UINT32: int,
+    descriptor_pb2.FieldDescriptorProto.TYPE_BYTES: bytes,
+}
 
 
 def build_messages(package: str, messages: dict[str, list[FieldSpec]]) -> dict[str, type[Message]]:
@@ -55,3 +75,39 @@ def build_messages(package: str, messages: dict[str, list[FieldSpec]]) -> dict[s
             get_class = getattr(message_factory.MessageFactory(pool), "GetPrototype")  # noqa: B009
         classes[name] = get_class(descriptor)
     return classes
+
+
+def typed_class(cls: type[Message], constructor: type) -> Any:
+    """Give the run-time-built message class ``cls`` the static type ``constructor``.
+
+    ``constructor`` is a Protocol whose ``__call__`` takes the message's fields as keyword-only
+    arguments and returns a :class:`PBMessage` Protocol that declares the same fields as attributes.
+    The descriptor cannot be seen by a type checker, so the two are compared here, at import time: the
+    keyword names and the attribute names must both be exactly the message's field names, and every
+    scalar field's declared type must be the type the protobuf runtime returns for it. The caller
+    assigns the result to a variable annotated with ``constructor``.
+
+    Raises:
+        TypeError: the Protocol does not describe the message.
+    """
+    fields = {field.name: field for field in cls.DESCRIPTOR.fields}
+    call = inspect.signature(constructor.__call__)
+    keywords = [name for name, p in call.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    hints = typing.get_type_hints(constructor.__call__)
+    instance_hints = typing.get_type_hints(hints["return"])
+    attributes = {name: hint for name, hint in instance_hints.items() if not name.startswith("_")}
+    name = cls.DESCRIPTOR.full_name
+    if sorted(keywords) != sorted(fields) or sorted(attributes) != sorted(fields):
+        raise TypeError(
+            f"{constructor.__name__} does not describe {name}: keywords {sorted(keywords)}, "
+            f"attributes {sorted(attributes)}, fields {sorted(fields)}"
+        )
+    for field_name, field in fields.items():
+        expected = _PYTHON_TYPES.get(field.type)
+        if expected is not None and (
+            hints[field_name] is not expected or attributes[field_name] is not expected
+        ):
+            raise TypeError(
+                f"{constructor.__name__}: field {name}.{field_name} reads back as {expected.__name__}"
+            )
+    return cls

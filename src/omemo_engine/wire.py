@@ -30,12 +30,12 @@ protobuf ``DecodeError``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import Callable, NamedTuple, Protocol, TypeVar
 
 from google.protobuf.message import DecodeError, EncodeError
 
 from ._primitives import hmac_sha256
-from ._protobuf import build_messages
+from ._protobuf import PBMessage, build_messages, typed_class
 from .errors import MalformedMessage
 
 __all__ = [
@@ -117,7 +117,10 @@ def _check_key(field: str, value: bytes) -> bytes:
     return value
 
 
-def _parse(cls: Any, data: bytes, what: str) -> Any:
+_M = TypeVar("_M", bound=PBMessage)
+
+
+def _parse(cls: Callable[[], _M], data: bytes, what: str) -> _M:
     message = cls()
     try:
         message.ParseFromString(data)
@@ -148,9 +151,48 @@ _O2 = build_messages(
         ],
     },
 )
-_O2_MESSAGE = _O2["OMEMOMessage"]
-_O2_AUTH = _O2["OMEMOAuthenticatedMessage"]
-_O2_KEX = _O2["OMEMOKeyExchange"]
+
+
+# The static types of the message classes (checked against the descriptors by typed_class).
+class _O2Message(PBMessage, Protocol):
+    n: int
+    pn: int
+    dh_pub: bytes
+    ciphertext: bytes
+
+
+class _O2MessageClass(Protocol):
+    def __call__(
+        self, *, n: int = ..., pn: int = ..., dh_pub: bytes = ..., ciphertext: bytes = ...
+    ) -> _O2Message: ...
+
+
+class _O2Auth(PBMessage, Protocol):
+    mac: bytes
+    message: bytes
+
+
+class _O2AuthClass(Protocol):
+    def __call__(self, *, mac: bytes = ..., message: bytes = ...) -> _O2Auth: ...
+
+
+class _O2Kex(PBMessage, Protocol):
+    pk_id: int
+    spk_id: int
+    ik: bytes
+    ek: bytes
+    message: _O2Auth
+
+
+class _O2KexClass(Protocol):
+    def __call__(
+        self, *, pk_id: int = ..., spk_id: int = ..., ik: bytes = ..., ek: bytes = ..., message: _O2Auth = ...
+    ) -> _O2Kex: ...
+
+
+_O2_MESSAGE: _O2MessageClass = typed_class(_O2["OMEMOMessage"], _O2MessageClass)
+_O2_AUTH: _O2AuthClass = typed_class(_O2["OMEMOAuthenticatedMessage"], _O2AuthClass)
+_O2_KEX: _O2KexClass = typed_class(_O2["OMEMOKeyExchange"], _O2KexClass)
 
 
 class OMEMO2Wire:
@@ -177,7 +219,7 @@ class OMEMO2Wire:
         return OpenedMessage(header, bytes(message.ciphertext), body, bytes(auth.mac))
 
     def build_key_exchange(self, fields: KeyExchangeFields, message: bytes) -> bytes:
-        kex: Any = _O2_KEX(
+        kex = _O2_KEX(
             pk_id=fields.pre_key_id,
             spk_id=fields.signed_pre_key_id,
             ik=fields.identity_key,
@@ -223,8 +265,50 @@ _LEGACY = build_messages(
         ],
     },
 )
-_L_MESSAGE = _LEGACY["SignalMessage"]
-_L_KEX = _LEGACY["PreKeySignalMessage"]
+
+
+class _LMessage(PBMessage, Protocol):
+    ratchet_key: bytes
+    counter: int
+    previous_counter: int
+    ciphertext: bytes
+
+
+class _LMessageClass(Protocol):
+    def __call__(
+        self,
+        *,
+        ratchet_key: bytes = ...,
+        counter: int = ...,
+        previous_counter: int = ...,
+        ciphertext: bytes = ...,
+    ) -> _LMessage: ...
+
+
+class _LKex(PBMessage, Protocol):
+    pre_key_id: int
+    base_key: bytes
+    identity_key: bytes
+    message: bytes
+    registration_id: int
+    signed_pre_key_id: int
+
+
+class _LKexClass(Protocol):
+    def __call__(
+        self,
+        *,
+        pre_key_id: int = ...,
+        base_key: bytes = ...,
+        identity_key: bytes = ...,
+        message: bytes = ...,
+        registration_id: int = ...,
+        signed_pre_key_id: int = ...,
+    ) -> _LKex: ...
+
+
+_L_MESSAGE: _LMessageClass = typed_class(_LEGACY["SignalMessage"], _LMessageClass)
+_L_KEX: _LKexClass = typed_class(_LEGACY["PreKeySignalMessage"], _LKexClass)
 
 
 def _legacy_key(field: str, value: bytes) -> bytes:
@@ -233,7 +317,7 @@ def _legacy_key(field: str, value: bytes) -> bytes:
     return value[1:]
 
 
-def _require(message: Any, what: str, *fields: str) -> None:
+def _require(message: PBMessage, what: str, *fields: str) -> None:
     for field in fields:
         if not message.HasField(field):
             raise MalformedMessage(f"{what} has no {field}")
