@@ -1,36 +1,79 @@
 #!/usr/bin/env bash
-# Create (or reuse) the project's virtual environment in .venv and install the project into it.
-# Usage: scripts/bootstrap.sh [extra]   (extra: "dev" installs the test/lint tools too)
+# Create (or reuse) the project's virtual environment and install the project into it, from the
+# lock files in locks/ (exact versions, every file hash-checked).
+#
+# Usage: scripts/bootstrap.sh [runtime|dev|bench]   (default runtime: what the demo needs;
+#        dev: the test and lint tools too; bench: dev plus matplotlib for the benchmark plot)
+#
+# The venv is .venv. With OMEMO_STACK_NEWEST=1 it is .venv-newest instead, and the newest versions
+# that pyproject.toml allows are installed, without the locks (scripts/test-newest.sh).
+#
 # Works on a fresh Debian 12 with only python3: installs python3-venv through apt when needed.
+# pip installs only uv (pinned and hash-checked, locks/uv.txt); uv installs the rest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extra="${1:-}"
+kind="${1:-runtime}"
 python="${PYTHON:-python3}"
+case "$kind" in
+    runtime) extras="" ;;
+    dev) extras="[dev]" ;;
+    bench) extras="[dev,bench]" ;;
+    *) echo "usage: $0 [runtime|dev|bench]" >&2; exit 2 ;;
+esac
+lock="locks/$kind.txt"
+venv=.venv
+newest="${OMEMO_STACK_NEWEST:-}"
+[ -n "$newest" ] && venv=.venv-newest
 
 if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
     echo "error: $python is missing or older than 3.10" >&2
     exit 1
 fi
-if [ ! -x .venv/bin/python ]; then
-    if ! "$python" -m venv .venv 2>/dev/null; then
-        rm -rf .venv
+if [ ! -x "$venv/bin/python" ]; then
+    if ! "$python" -m venv "$venv" 2>/dev/null; then
+        rm -rf "$venv"
         if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
             echo "bootstrap: installing python3-venv with apt-get" >&2
             apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-            "$python" -m venv .venv
+            "$python" -m venv "$venv"
         else
             echo "error: '$python -m venv' failed; install python3-venv (Debian: apt-get install python3-venv)" >&2
             exit 1
         fi
     fi
 fi
-stamp=".venv/.installed-${extra:-base}"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    .venv/bin/python -m pip install -q --disable-pip-version-check -U pip >/dev/null
-    if [ -n "$extra" ]; then
-        .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$extra]"
-    else
-        .venv/bin/python -m pip install -q --disable-pip-version-check -e .
+
+# The installer: the uv of locks/uv.txt, installed by pip with --require-hashes.
+uv="$venv/bin/uv"
+uv_version=$(sed -n 's/^uv==\([^ ;]*\).*/\1/p' locks/uv.txt)
+if [ "$("$uv" --version 2>/dev/null)" != "uv $uv_version" ]; then
+    log=$(mktemp)
+    if ! "$venv/bin/python" -m pip install -q --disable-pip-version-check --require-hashes --no-deps \
+            -r locks/uv.txt >"$log" 2>&1; then
+        cat "$log" >&2; rm -f "$log"
+        echo "error: could not install uv $uv_version into $venv" >&2
+        exit 1
     fi
-    touch "$stamp"
+    rm -f "$log"
 fi
+
+if [ -n "$newest" ]; then
+    # Every time: re-resolve to the newest versions (uv's cache makes a repeat quick).
+    "$uv" pip install --quiet --python "$venv/bin/python" --upgrade -e ".$extras" -r locks/build.in -r locks/uv.in
+    exit 0
+fi
+
+# Locked: sync the venv to the lock (removes what the lock does not list), then the project itself,
+# editable and without build isolation (its build backend is in the lock). Skipped when the venv is
+# up to date with this lock, or with a larger one (bench includes dev, dev includes runtime).
+stamp="$venv/.installed"
+digest() { cat "locks/$1.txt" pyproject.toml | sha256sum | cut -c1-64; }
+level() { case "$1" in runtime) echo 1 ;; dev) echo 2 ;; bench) echo 3 ;; *) echo 0 ;; esac; }
+read -r have_kind have_digest 2>/dev/null <"$stamp" || have_kind=""
+if [ -n "$have_kind" ] && [ "$(level "$have_kind")" -ge "$(level "$kind")" ] \
+        && [ "$have_digest" = "$(digest "$have_kind")" ]; then
+    exit 0
+fi
+"$uv" pip sync --quiet --python "$venv/bin/python" --require-hashes "$lock"
+"$uv" pip install --quiet --python "$venv/bin/python" --no-deps --no-build-isolation -e .
+echo "$kind $(digest "$kind")" >"$stamp"

@@ -1,61 +1,125 @@
-"""Build (once) and cache a virtualenv with the reference OMEMO stack for the interop tests.
+"""Build (once) and cache the virtualenvs of the black-box peers, from the lock files in ``locks/``.
 
-Location: ``$OMEMO_REFENV``, default ``~/.cache/omemo-stack/refenv-2.1.0``. The venv is made with
-``python3 -m venv`` and ``pip install`` of :data:`REQUIREMENTS`. A marker file is written only after
-the install and an import check succeeded, so a half-built venv (interrupted run, failed download)
-is removed and rebuilt next time. An exclusive file lock next to the venv keeps parallel test runs
-from building it twice.
+A peer is a stack we test against in its own interpreter: today the reference python-omemo stack
+(:data:`REFERENCE`, ``locks/reference.txt``). Its venv lives in ``~/.cache/omemo-stack/<name>``
+(``$OMEMO_REFENV`` moves the reference's) and is made with ``python3 -m venv`` and ``uv pip sync
+--require-hashes`` of the peer's lock, so every run installs exactly the same files. The venv
+records the SHA-256 of the lock it was built from; when the lock changes, the venv is rebuilt.
 
-A directory at that location that this module did not build (no "building" marker, e.g. a venv
-made by hand) is never deleted: it is used if it passes the import and version check.
+With ``OMEMO_STACK_NEWEST=1`` (``scripts/test-newest.sh``) the venv is ``<name>-newest``, built from
+the unpinned ``locks/<name>.in`` with the newest versions it allows.
 
-Run ``python tests/interop/refenv.py`` to build it ahead of the tests; it prints the interpreter.
+A marker file is written only after the install and an import check succeeded, so a half-built venv
+(interrupted run, failed download) is removed and rebuilt next time. An exclusive file lock next to
+the venv keeps parallel test runs from building it twice. A directory at that location that this
+module did not build (no "building" marker, e.g. a venv made by hand) is never deleted: it is used if
+it passes the import and version check.
+
+Run ``python tests/interop/refenv.py`` to build the reference venv ahead of the tests; it prints the
+interpreter.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
-__all__ = ["REQUIREMENTS", "ReferenceEnvError", "ensure_reference_env", "reference_env_dir"]
+__all__ = [
+    "REFERENCE",
+    "PeerEnv",
+    "ReferenceEnvError",
+    "ensure_peer_env",
+    "ensure_reference_env",
+    "newest_mode",
+    "on_ci",
+    "peer_env_dir",
+    "reference_env_dir",
+    "reference_python_or_skip",
+]
 
-REFERENCE_VERSION = "2.1.0"
-REQUIREMENTS = (
-    f"omemo=={REFERENCE_VERSION}",
-    f"twomemo[xml]=={REFERENCE_VERSION}",
-    f"oldmemo[xml]=={REFERENCE_VERSION}",
-)
+LOCKS = Path(__file__).resolve().parent.parent.parent / "locks"
 COMPLETE_MARKER = ".omemo-stack-refenv-complete"
 BUILDING_MARKER = ".omemo-stack-refenv-building"
 
-# Imports the xml extras too and prints the installed versions of the three distributions.
-_CHECK_SCRIPT = """
-import json, importlib.metadata as md
-import omemo, twomemo, twomemo.etree, oldmemo, oldmemo.etree
-print(json.dumps({name: md.version(name) for name in ("omemo", "twomemo", "oldmemo")}))
-"""
+
+@dataclass(frozen=True)
+class PeerEnv:
+    """A peer's venv: built from ``locks/<name>.txt``; ``check_script`` prints a JSON object of
+    distribution name -> installed version, which must equal ``versions``."""
+
+    name: str
+    check_script: str
+    versions: Dict[str, str]
+    #: The environment variable that moves this venv, if any.
+    location_variable: Optional[str] = None
+
+
+REFERENCE_VERSION = "2.1.0"
+REFERENCE = PeerEnv(
+    name="reference",
+    # Imports the xml extras too and prints the installed versions of the three distributions.
+    check_script=(
+        "import json, importlib.metadata as md\n"
+        "import omemo, twomemo, twomemo.etree, oldmemo, oldmemo.etree\n"
+        'print(json.dumps({n: md.version(n) for n in ("omemo", "twomemo", "oldmemo")}))\n'
+    ),
+    versions={name: REFERENCE_VERSION for name in ("omemo", "twomemo", "oldmemo")},
+    location_variable="OMEMO_REFENV",
+)
 
 
 class ReferenceEnvError(RuntimeError):
-    """The reference virtualenv could not be built or does not hold the expected packages."""
+    """A peer's virtualenv could not be built or does not hold the expected packages."""
+
+
+def newest_mode() -> bool:
+    """Whether peers are built from their unpinned ``.in`` files (``OMEMO_STACK_NEWEST``)."""
+    return os.environ.get("OMEMO_STACK_NEWEST", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def peer_env_dir(peer: PeerEnv) -> Path:
+    """Returns: where ``peer``'s venv lives."""
+    configured = os.environ.get(peer.location_variable) if peer.location_variable else None
+    if configured:
+        return Path(configured).expanduser()
+    suffix = "-newest" if newest_mode() else ""
+    return Path.home() / ".cache" / "omemo-stack" / f"{peer.name}{suffix}"
 
 
 def reference_env_dir() -> Path:
     """Returns: where the reference venv lives (``$OMEMO_REFENV`` or the default cache path)."""
-    configured = os.environ.get("OMEMO_REFENV")
-    if configured:
-        return Path(configured).expanduser()
-    return Path.home() / ".cache" / "omemo-stack" / f"refenv-{REFERENCE_VERSION}"
+    return peer_env_dir(REFERENCE)
 
 
 def _python_of(venv: Path) -> Path:
     return venv / "bin" / "python"
+
+
+def _source(peer: PeerEnv) -> Path:
+    """Returns: the lock (or, in newest mode, the unpinned input) the venv is built from."""
+    return LOCKS / (f"{peer.name}.in" if newest_mode() else f"{peer.name}.txt")
+
+
+def _source_digest(peer: PeerEnv) -> str:
+    source = _source(peer)
+    return f"{source.name}:{hashlib.sha256(source.read_bytes()).hexdigest()}"
+
+
+def _uv() -> Path:
+    """Returns: the uv of the running venv (the dev lock installs it), else the one on PATH."""
+    beside = Path(sys.executable).parent / "uv"
+    found = beside if beside.exists() else shutil.which("uv")
+    if not found:
+        raise ReferenceEnvError("uv is not installed: set up with 'bash scripts/bootstrap.sh dev'")
+    return Path(found)
 
 
 def _run(command: List[str], what: str, timeout: float) -> str:
@@ -71,54 +135,57 @@ def _run(command: List[str], what: str, timeout: float) -> str:
     return completed.stdout
 
 
-def _check(venv: Path) -> Optional[str]:
-    """Returns: ``None`` if the venv imports the reference stack at the right versions, else why not."""
+def _check(peer: PeerEnv, venv: Path) -> Optional[str]:
+    """Returns: ``None`` if the venv imports the peer's stack at the right versions, else why not."""
     python = _python_of(venv)
     if not python.exists():
         return f"{python} does not exist"
     try:
-        output = _run([str(python), "-I", "-c", _CHECK_SCRIPT], "the import check", timeout=120)
+        output = _run([str(python), "-I", "-c", peer.check_script], "the import check", timeout=120)
         versions = json.loads(output.strip().splitlines()[-1])
     except (ReferenceEnvError, ValueError, IndexError) as e:
         return str(e)
-    if set(versions.values()) != {REFERENCE_VERSION}:
-        return f"wrong versions installed: {versions}"
+    if versions != peer.versions:
+        return f"wrong versions installed: {versions}, expected {peer.versions}"
     return None
 
 
-def _build(venv: Path, timeout: float) -> None:
+def _build(peer: PeerEnv, venv: Path, timeout: float) -> None:
     if venv.exists():
         shutil.rmtree(venv)
     venv.mkdir(parents=True)
     (venv / BUILDING_MARKER).write_text("building\n")
     base_python = shutil.which("python3") or sys.executable
-    _run([base_python, "-m", "venv", str(venv)], "python3 -m venv", timeout=300)
-    _run(
-        [str(_python_of(venv)), "-m", "pip", "install", "--disable-pip-version-check", "-q", *REQUIREMENTS],
-        "pip install " + " ".join(REQUIREMENTS),
-        timeout=timeout,
-    )
-    problem = _check(venv)
+    _run([base_python, "-m", "venv", "--without-pip", str(venv)], "python3 -m venv", timeout=300)
+    source = _source(peer)
+    if newest_mode():
+        install = [str(_uv()), "pip", "install", "--upgrade", "-r", str(source)]
+    else:
+        install = [str(_uv()), "pip", "sync", "--require-hashes", str(source)]
+    install += ["--quiet", "--python", str(_python_of(venv))]
+    _run(install, f"installing {source.name} with uv", timeout=timeout)
+    problem = _check(peer, venv)
     if problem is not None:
-        raise ReferenceEnvError(f"the freshly built reference venv at {venv} is unusable: {problem}")
-    (venv / COMPLETE_MARKER).write_text(json.dumps({"requirements": list(REQUIREMENTS)}) + "\n")
+        raise ReferenceEnvError(f"the freshly built {peer.name} venv at {venv} is unusable: {problem}")
+    (venv / COMPLETE_MARKER).write_text(json.dumps({"source": _source_digest(peer)}) + "\n")
     (venv / BUILDING_MARKER).unlink()
 
 
-def ensure_reference_env(timeout: float = 1800.0) -> Path:
-    """Make sure the reference venv exists, building it if needed (under a file lock).
+def ensure_peer_env(peer: PeerEnv, timeout: float = 1800.0) -> Path:
+    """Make sure ``peer``'s venv exists and matches its lock, building it if needed (under a file lock).
 
     Args:
-        timeout: seconds allowed for ``pip install``.
+        peer: which peer.
+        timeout: seconds allowed for the install.
 
     Returns:
         The path of the venv's python interpreter.
 
     Raises:
         ReferenceEnvError: the venv could not be built, or a foreign directory at its location
-            does not hold the reference stack.
+            does not hold the peer's stack.
     """
-    venv = reference_env_dir()
+    venv = peer_env_dir(peer)
     venv.parent.mkdir(parents=True, exist_ok=True)
     lock_path = venv.parent / f"{venv.name}.lock"
     with open(lock_path, "w") as lock:
@@ -126,21 +193,27 @@ def ensure_reference_env(timeout: float = 1800.0) -> Path:
         marker = venv / COMPLETE_MARKER
         if marker.exists():
             try:
-                recorded = json.loads(marker.read_text()).get("requirements")
+                recorded = json.loads(marker.read_text()).get("source")
             except ValueError:
                 recorded = None
-            if recorded == list(REQUIREMENTS) and _python_of(venv).exists():
+            if recorded == _source_digest(peer) and _python_of(venv).exists():
                 return _python_of(venv)
         elif venv.exists() and any(venv.iterdir()) and not (venv / BUILDING_MARKER).exists():
-            problem = _check(venv)
+            problem = _check(peer, venv)
             if problem is None:
                 return _python_of(venv)
+            elsewhere = f" or point {peer.location_variable} elsewhere" if peer.location_variable else ""
             raise ReferenceEnvError(
                 f"{venv} exists but was not built by the test suite and is unusable ({problem}); "
-                "remove it or point OMEMO_REFENV elsewhere"
+                f"remove it{elsewhere}"
             )
-        _build(venv, timeout)
+        _build(peer, venv, timeout)
         return _python_of(venv)
+
+
+def ensure_reference_env(timeout: float = 1800.0) -> Path:
+    """Returns: the reference venv's interpreter (see :func:`ensure_peer_env`)."""
+    return ensure_peer_env(REFERENCE, timeout)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ Our side runs under ``our_python`` (the interpreter running pytest). To check th
 themselves reference-against-reference, point ``OMEMO_INTEROP_OURS_PYTHON`` at the reference
 interpreter (``python tests/interop/refenv.py`` prints it), e.g.::
 
-    OMEMO_INTEROP_OURS_PYTHON=~/.cache/omemo-stack/refenv-2.1.0/bin/python \\
+    OMEMO_INTEROP_OURS_PYTHON=~/.cache/omemo-stack/reference/bin/python \\
         .venv/bin/python -m pytest tests/interop -m interop
 """
 
