@@ -9,7 +9,7 @@
 # that pyproject.toml allows are installed, without the locks (scripts/test-newest.sh).
 #
 # Works on a fresh Debian 12 with only python3: installs python3-venv through apt when needed.
-# pip installs only uv (pinned and hash-checked, locks/uv.txt); uv installs the rest.
+# pip installs only uv (pinned and hash-checked, locks/uv.txt, once per machine); uv installs the rest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 kind="${1:-runtime}"
@@ -29,33 +29,41 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null
     echo "error: $python is missing or older than 3.10" >&2
     exit 1
 fi
-if [ ! -x "$venv/bin/python" ]; then
-    if ! "$python" -m venv "$venv" 2>/dev/null; then
-        rm -rf "$venv"
+# python3 -m venv, installing Debian's python3-venv once if this python lacks it.
+make_venv() {
+    if ! "$python" -m venv "$@" 2>/dev/null; then
+        rm -rf "${@: -1}"
         if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
             echo "bootstrap: installing python3-venv with apt-get" >&2
             apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-            "$python" -m venv "$venv"
+            "$python" -m venv "$@"
         else
             echo "error: '$python -m venv' failed; install python3-venv (Debian: apt-get install python3-venv)" >&2
             exit 1
         fi
     fi
-fi
+}
 
-# The installer: the uv of locks/uv.txt, installed by pip with --require-hashes.
-uv="$venv/bin/uv"
+# The installer: the uv of locks/uv.txt, installed once per machine by pip --require-hashes into its
+# own venv in the user's cache (the locks put the same uv into .venv too, for the tests).
 uv_version=$(sed -n 's/^uv==\([^ ;]*\).*/\1/p' locks/uv.txt)
+tool="${XDG_CACHE_HOME:-$HOME/.cache}/omemo-stack/uv-$uv_version"
+uv="$tool/bin/uv"
 if [ "$("$uv" --version 2>/dev/null)" != "uv $uv_version" ]; then
+    rm -rf "$tool"
+    make_venv "$tool"
     log=$(mktemp)
-    if ! "$venv/bin/python" -m pip install -q --disable-pip-version-check --require-hashes --no-deps \
+    if ! "$tool/bin/python" -m pip install -q --disable-pip-version-check --require-hashes --no-deps \
             -r locks/uv.txt >"$log" 2>&1; then
-        cat "$log" >&2; rm -f "$log"
-        echo "error: could not install uv $uv_version into $venv" >&2
+        cat "$log" >&2; rm -rf "$log" "$tool"
+        echo "error: could not install uv $uv_version" >&2
         exit 1
     fi
     rm -f "$log"
 fi
+
+# The venv itself has no seed packages; pip comes from the lock like everything else.
+[ -x "$venv/bin/python" ] || make_venv --without-pip "$venv"
 
 if [ -n "$newest" ]; then
     # Every time: re-resolve to the newest versions (uv's cache makes a repeat quick).
