@@ -49,7 +49,8 @@ make_venv() {
 uv_version=$(sed -n 's/^uv==\([^ ;]*\).*/\1/p' locks/uv.txt)
 tool="${XDG_CACHE_HOME:-$HOME/.cache}/omemo-stack/uv-$uv_version"
 uv="$tool/bin/uv"
-if [ "$("$uv" --version 2>/dev/null)" != "uv $uv_version" ]; then
+installed=$("$uv" --version 2>/dev/null | cut -d' ' -f1-2) || installed=""
+if [ "$installed" != "uv $uv_version" ]; then
     rm -rf "$tool"
     make_venv "$tool"
     log=$(mktemp)
