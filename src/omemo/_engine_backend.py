@@ -64,8 +64,12 @@ __all__ = [
     "KeyState",
 ]
 
-#: Largest id allowed for pre keys and signed pre keys (XEP-0384: 1 .. 2^31 - 1).
+#: Largest id of the pre keys and signed pre keys we generate (1 .. 2^31 - 1, like device ids, so
+#: that clients storing ids in a signed 32-bit integer read ours). Other devices' ids may be anything
+#: in 0 .. 2^32 - 1 (protobuf uint32; Converse starts at 0): :data:`MAX_KEY_ID`.
 MAX_ID = 2**31 - 1
+#: Largest pre key / signed pre key id of another device (protobuf uint32).
+MAX_KEY_ID = 2**32 - 1
 #: How many sessions a backend keeps decoded in memory (least recently used dropped first).
 SESSION_CACHE_SIZE = 4096
 #: A signed pre key id of migrated legacy sessions whose original id is unknown.
@@ -76,8 +80,13 @@ UNKNOWN_SPK_ID = -1
 _KEY_STATE_VERSION = 2
 _TAG_LENGTH = 16
 _PRE_KEY_ENTRY = struct.Struct(">I32s32s")
-_SESSION_VERSION = 1
-_SESSION_HEADER = struct.Struct(">BBBii32s32sB")
+#: Session records: version 1 stored the key exchange's pre key and signed pre key ids as signed
+#: 32-bit integers (-1: signed pre key id unknown); version 2 stores them unsigned, so that any
+#: uint32 id of another device fits, with the flag :data:`_SPK_ID_UNKNOWN`. Both are read.
+_SESSION_VERSION = 2
+_SESSION_HEADER = struct.Struct(">BBBII32s32sB")
+_SESSION_HEADER_V1 = struct.Struct(">BBBii32s32sB")
+_HAS_SPK, _HAS_PK, _SPK_ID_UNKNOWN = 1, 2, 4
 
 
 def _b64(value: bytes) -> str:
@@ -474,13 +483,18 @@ class KeyState:
 
 def _encode_session(session: EngineSession) -> bytes:
     kex = session.key_exchange
-    flags = (kex.signed_pre_key is not None) | (kex.pre_key is not None) << 1
+    spk_id = kex.signed_pre_key_id
+    flags = (
+        (kex.signed_pre_key is not None) * _HAS_SPK
+        | (kex.pre_key is not None) * _HAS_PK
+        | (spk_id == UNKNOWN_SPK_ID) * _SPK_ID_UNKNOWN
+    )
     head = _SESSION_HEADER.pack(
         _SESSION_VERSION,
         session.initiation is Initiation.PASSIVE,
         session.confirmed,
         kex.pre_key_id,
-        kex.signed_pre_key_id,
+        0 if spk_id == UNKNOWN_SPK_ID else spk_id,
         kex.identity_key,
         kex.ephemeral_key,
         flags,
@@ -588,13 +602,17 @@ class EngineBackend(Backend):
     def _decode_session(self, bare_jid: str, device_id: int, data: bytes) -> EngineSession:
         try:
             version, passive, confirmed, pk_id, spk_id, ik, ek, flags = _SESSION_HEADER.unpack_from(data)
-            if version != _SESSION_VERSION:
+            if version == 1:
+                _, _, _, pk_id, spk_id, _, _, _ = _SESSION_HEADER_V1.unpack_from(data)
+            elif version != _SESSION_VERSION:
                 raise InvalidState(f"unknown session record version {version}")
+            elif flags & _SPK_ID_UNKNOWN:
+                spk_id = UNKNOWN_SPK_ID
             pos = _SESSION_HEADER.size
             spk = pk = None
-            if flags & 1:
+            if flags & _HAS_SPK:
                 spk, pos = data[pos : pos + 32], pos + 32
-            if flags & 2:
+            if flags & _HAS_PK:
                 pk, pos = data[pos : pos + 32], pos + 32
             state = RatchetState.from_bytes(data[pos:])
         except struct.error:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from omemo._engine_backend import MAX_ID, KeyState, SignedPreKey
+from omemo._engine_backend import MAX_ID, MAX_KEY_ID, KeyState, SignedPreKey
 from omemo_engine import xeddsa
 from omemo_engine.errors import InvalidKey, InvalidSignature, InvalidState
 from omemo_engine.profile import LEGACY
@@ -126,7 +126,8 @@ def bound_pre_keys(bound_otpks: Any) -> dict[tuple[str, int], tuple[int, bytes]]
             raise InvalidState(f"state.bound_otpks[{bare_jid!r}]: expected a JSON object")
         for raw_id, bound in devices.items():
             where = f"state.bound_otpks[{bare_jid!r}][{raw_id!r}]"
-            pre_key_id = int_in_range(_field(bound, "id", where), f"{where}.id", 1, MAX_ID)
+            # Another device's pre key id: 0 .. 2^32 - 1 (Converse numbers from 0).
+            pre_key_id = int_in_range(_field(bound, "id", where), f"{where}.id", 0, MAX_KEY_ID)
             pre_key = b64_key(_field(bound, "otpk", where), f"{where}.otpk")
             result[(bare_jid, device_id(raw_id, where))] = (pre_key_id, pre_key)
     return result

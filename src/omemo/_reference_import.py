@@ -66,7 +66,7 @@ from omemo_engine.profile import Profile
 from omemo_engine.ratchet import RatchetState
 
 from . import _legacy_convert as legacy
-from ._engine_backend import MAX_ID, KeyState, SignedPreKey
+from ._engine_backend import MAX_ID, MAX_KEY_ID, KeyState, SignedPreKey
 from ._legacy_convert import int_in_range
 from ._session_manager_runtime import AsyncioRuntime, Lock, TwistedRuntime
 from .session import Initiation
@@ -512,13 +512,14 @@ async def _load_session(
     for name in ("identity_key", "ephemeral_key", "signed_pre_key", "pre_key"):
         if len(values[f"key_exchange/{name}"]) != KEY_LENGTH:
             raise InvalidState(f"key_exchange/{name}: expected {KEY_LENGTH} bytes")
-    # -1 marks ids that are unknown in sessions migrated from python-omemo < 1.0. The signed pre key
-    # id keeps it (our "migrated" marker); a missing pre key id becomes 0, as oldmemo.migrations
-    # writes it (no real id is 0, so neither value can match a received key exchange).
+    # The ids are another device's (0 .. 2^32 - 1) in active sessions, ours in passive ones. -1 marks
+    # ids that are unknown in sessions migrated from python-omemo < 1.0. The signed pre key id keeps
+    # it (our "migrated" marker); a missing pre key id becomes 0, as oldmemo.migrations writes it (no
+    # id we generate is 0, so a passive session's marker cannot match a received key exchange).
     spk_id = int_in_range(
-        values["key_exchange/signed_pre_key_id"], "key_exchange/signed_pre_key_id", -1, MAX_ID
+        values["key_exchange/signed_pre_key_id"], "key_exchange/signed_pre_key_id", -1, MAX_KEY_ID
     )
-    pk_id = max(int_in_range(values["key_exchange/pre_key_id"], "key_exchange/pre_key_id", -1, MAX_ID), 0)
+    pk_id = max(int_in_range(values["key_exchange/pre_key_id"], "key_exchange/pre_key_id", -1, MAX_KEY_ID), 0)
     confirmed = values["confirmed"]
     if not isinstance(confirmed, bool):
         raise InvalidState(f"confirmed: expected a boolean, got {confirmed!r}")

@@ -38,7 +38,9 @@ if TYPE_CHECKING:
 __all__ = [
     "ANY_LENGTH",
     "MAX_ID",
+    "MAX_KEY_ID",
     "MIN_ID",
+    "MIN_KEY_ID",
     "NON_EMPTY",
     "KeyConverter",
     "b64_text",
@@ -62,10 +64,15 @@ __all__ = [
     "where_id",
 ]
 
-#: Smallest valid device / signed pre-key / pre-key id (XEP-0384: ids are 1..2^31-1).
+#: Smallest valid device id (XEP-0384: device ids are 1..2^31-1).
 MIN_ID: Final = 1
-#: Largest valid id: 2^31 - 1, so that ids fit a signed 32-bit integer in every client.
+#: Largest valid device id: 2^31 - 1, so that ids fit a signed 32-bit integer in every client.
 MAX_ID: Final = 2**31 - 1
+#: Smallest valid signed pre-key / pre-key id. These ids are protobuf ``uint32`` in the key exchange,
+#: and deployed clients number from 0 (Converse, libsignal's key helpers): docs/real-clients.md.
+MIN_KEY_ID: Final = 0
+#: Largest valid signed pre-key / pre-key id: the ``uint32`` range of the key exchange.
+MAX_KEY_ID: Final = 2**32 - 1
 
 #: :func:`b64_text` length for texts that must not be empty (ciphertexts of unspecified length).
 NON_EMPTY: Final = -1
@@ -231,7 +238,7 @@ def parse_pre_keys(
     for child in prekeys:
         if child.tag != tag:
             continue
-        pre_key_id = parse_id(child.get(attribute), child_where, attribute)
+        pre_key_id = parse_id(child.get(attribute), child_where, attribute, MIN_KEY_ID, MAX_KEY_ID)
         if pre_key_id in seen:
             fail(where, f"two <{_local_name(tag)}> elements have {attribute} {pre_key_id}")
         remember(pre_key_id)
@@ -246,8 +253,12 @@ def parse_pre_keys(
 # Attributes
 
 
-def parse_id(value: object, where: str, attribute: str) -> int:
-    """Parse a device / pre-key id attribute: ASCII decimal digits (surrounding whitespace allowed)."""
+def parse_id(value: object, where: str, attribute: str, low: int = MIN_ID, high: int = MAX_ID) -> int:
+    """Parse an id attribute: ASCII decimal digits (surrounding whitespace allowed) in ``low..high``.
+
+    The default range is that of device ids; signed pre-key and pre-key ids pass
+    :data:`MIN_KEY_ID`, :data:`MAX_KEY_ID`.
+    """
     if value is None:
         fail(where, f"attribute {attribute!r} is missing")
     if not isinstance(value, str):
@@ -257,11 +268,11 @@ def parse_id(value: object, where: str, attribute: str) -> int:
         # More than 10 significant digits is out of range; never hand int() a huge string.
         if len(text) <= 10 or len(text.lstrip("0")) <= 10:
             number = int(text)
-            if MIN_ID <= number <= MAX_ID:
+            if low <= number <= high:
                 return number
-        fail(where, f"attribute {attribute!r} is out of range {MIN_ID}..{MAX_ID}: {show(value)}")
+        fail(where, f"attribute {attribute!r} is out of range {low}..{high}: {show(value)}")
     if text[:1] == "-" and text[1:].isdigit() and text[1:].isascii():
-        fail(where, f"attribute {attribute!r} is out of range {MIN_ID}..{MAX_ID}: {show(value)}")
+        fail(where, f"attribute {attribute!r} is out of range {low}..{high}: {show(value)}")
     fail(where, f"attribute {attribute!r} is not a decimal integer: {show(value)}")
 
 
@@ -349,10 +360,10 @@ def b64encode(data: bytes) -> str:
 # Value-object checks (plain ValueError: a value built locally is a local misuse)
 
 
-def check_id(name: str, value: int) -> None:
-    """Check that the id ``name`` is in 1..2^31-1."""
-    if not MIN_ID <= value <= MAX_ID:
-        raise ValueError(f"{name} must be in {MIN_ID}..{MAX_ID}, got {value}")
+def check_id(name: str, value: int, low: int = MIN_ID, high: int = MAX_ID) -> None:
+    """Check that the id ``name`` is in ``low..high`` (default: the device id range 1..2^31-1)."""
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be in {low}..{high}, got {value}")
 
 
 def check_length(name: str, value: bytes, length: int) -> None:

@@ -63,13 +63,15 @@ from ._xml_common import parse_id as _parse_id
 from ._xml_common import parse_pre_keys as _parse_pre_keys
 from ._xml_common import required_children as _required_children
 from ._xml_common import where_id as _where_id
-from .xml_omemo2 import MAX_ID, MIN_ID, PUBLIC_KEY_LENGTH, SIGNATURE_LENGTH, PreKey
+from .xml_omemo2 import MAX_ID, MAX_KEY_ID, MIN_ID, MIN_KEY_ID, PUBLIC_KEY_LENGTH, SIGNATURE_LENGTH, PreKey
 
 __all__ = [
     "IV_LENGTHS",
     "KEY_TYPE_CURVE25519",
     "MAX_ID",
+    "MAX_KEY_ID",
     "MIN_ID",
+    "MIN_KEY_ID",
     "NAMESPACE",
     "PUBLIC_KEY_LENGTH",
     "SERIALIZED_PUBLIC_KEY_LENGTH",
@@ -125,7 +127,7 @@ class Bundle:
     """The public part of a legacy device's X3DH state, as published in ``<bundle>``.
 
     Attributes:
-        signed_pre_key_id: The ``signedPreKeyId``, 1..2^31-1.
+        signed_pre_key_id: The ``signedPreKeyId``, 0..2^32-1 (Converse numbers from 0).
         signed_pre_key: The 32-byte X25519 signed pre-key (type byte stripped).
         signed_pre_key_signature: The 64 bytes of ``<signedPreKeySignature>`` as sent: the
             signature over ``0x05 || signed_pre_key``, with the identity key's Ed25519 sign bit in the
@@ -141,7 +143,7 @@ class Bundle:
     pre_keys: tuple[PreKey, ...]
 
     def __post_init__(self) -> None:
-        _check_id("signed_pre_key_id", self.signed_pre_key_id)
+        _check_id("signed_pre_key_id", self.signed_pre_key_id, MIN_KEY_ID, MAX_KEY_ID)
         _check_length("signed_pre_key", self.signed_pre_key, PUBLIC_KEY_LENGTH)
         _check_length("signed_pre_key_signature", self.signed_pre_key_signature, SIGNATURE_LENGTH)
         _check_length("identity_key", self.identity_key, PUBLIC_KEY_LENGTH)
@@ -277,7 +279,11 @@ def parse_bundle(element: Element) -> Bundle:
     )
     return Bundle(
         signed_pre_key_id=_parse_id(
-            spk.get("signedPreKeyId"), "<bundle><signedPreKeyPublic>", "signedPreKeyId"
+            spk.get("signedPreKeyId"),
+            "<bundle><signedPreKeyPublic>",
+            "signedPreKeyId",
+            MIN_KEY_ID,
+            MAX_KEY_ID,
         ),
         signed_pre_key=_curve_key(spk, "<bundle><signedPreKeyPublic>"),
         signed_pre_key_signature=_b64_text(spks, "<bundle><signedPreKeySignature>", SIGNATURE_LENGTH),

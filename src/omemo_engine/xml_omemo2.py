@@ -51,7 +51,7 @@ from xml.etree.ElementTree import Element, SubElement
 
 from . import _xml_common
 from ._xml_common import ANY_LENGTH as _ANY_LENGTH
-from ._xml_common import MAX_ID, MIN_ID
+from ._xml_common import MAX_ID, MAX_KEY_ID, MIN_ID, MIN_KEY_ID
 from ._xml_common import NON_EMPTY as _NON_EMPTY
 from ._xml_common import b64_text as _b64_text
 from ._xml_common import b64encode as _b64encode
@@ -69,7 +69,9 @@ from ._xml_common import show as _show
 
 __all__ = [
     "MAX_ID",
+    "MAX_KEY_ID",
     "MIN_ID",
+    "MIN_KEY_ID",
     "NAMESPACE",
     "PUBLIC_KEY_LENGTH",
     "SIGNATURE_LENGTH",
@@ -89,7 +91,8 @@ __all__ = [
 #: The XML namespace of OMEMO 2.
 NAMESPACE: Final = "urn:xmpp:omemo:2"
 
-# MIN_ID and MAX_ID (ids are 1..2^31-1, XEP-0384) are defined in _xml_common, with the id parser.
+# MIN_ID and MAX_ID (device ids are 1..2^31-1, XEP-0384) and MIN_KEY_ID and MAX_KEY_ID (signed pre-key and
+# pre-key ids are 0..2^32-1, protobuf uint32) are defined in _xml_common, with the id parser.
 
 #: Length of an Ed25519 identity key, an X25519 signed pre-key or an X25519 pre-key.
 PUBLIC_KEY_LENGTH: Final = 32
@@ -150,7 +153,7 @@ class PreKey:
     """One public one-time pre-key of a bundle.
 
     Attributes:
-        pre_key_id: The pre-key id, 1..2^31-1.
+        pre_key_id: The pre-key id, 0..2^32-1.
         pub: The 32-byte X25519 public key (without any type byte).
     """
 
@@ -159,8 +162,8 @@ class PreKey:
 
     def __post_init__(self) -> None:
         # Inlined checks: bundles carry ~100 pre-keys and this runs for each of them.
-        if not MIN_ID <= self.pre_key_id <= MAX_ID:
-            _check_id("pre_key_id", self.pre_key_id)
+        if not MIN_KEY_ID <= self.pre_key_id <= MAX_KEY_ID:
+            _check_id("pre_key_id", self.pre_key_id, MIN_KEY_ID, MAX_KEY_ID)
         if len(self.pub) != PUBLIC_KEY_LENGTH:
             _check_length("pub", self.pub, PUBLIC_KEY_LENGTH)
 
@@ -170,7 +173,7 @@ class Bundle:
     """The public part of a device's X3DH state, as published in ``<bundle>``.
 
     Attributes:
-        signed_pre_key_id: The ``id`` of ``<spk>``, 1..2^31-1.
+        signed_pre_key_id: The ``id`` of ``<spk>``, 0..2^32-1.
         signed_pre_key: The 32-byte X25519 signed pre-key.
         signed_pre_key_signature: The 64-byte signature (``<spks>``) of the identity key over
             ``signed_pre_key``; not verified here.
@@ -186,7 +189,7 @@ class Bundle:
     pre_keys: tuple[PreKey, ...]
 
     def __post_init__(self) -> None:
-        _check_id("signed_pre_key_id", self.signed_pre_key_id)
+        _check_id("signed_pre_key_id", self.signed_pre_key_id, MIN_KEY_ID, MAX_KEY_ID)
         _check_length("signed_pre_key", self.signed_pre_key, PUBLIC_KEY_LENGTH)
         _check_length("signed_pre_key_signature", self.signed_pre_key_signature, SIGNATURE_LENGTH)
         _check_length("identity_key", self.identity_key, PUBLIC_KEY_LENGTH)
@@ -328,7 +331,7 @@ def parse_bundle(element: Element) -> Bundle:
     spk, spks, ik, prekeys = _required_children(element, "<bundle>", _BUNDLE_CHILDREN)
     pre_keys = _parse_pre_keys(prekeys, "<bundle><prekeys>", _PK, "id", PUBLIC_KEY_LENGTH, None, PreKey)
     return Bundle(
-        signed_pre_key_id=_parse_id(spk.get("id"), "<bundle><spk>", "id"),
+        signed_pre_key_id=_parse_id(spk.get("id"), "<bundle><spk>", "id", MIN_KEY_ID, MAX_KEY_ID),
         signed_pre_key=_b64_text(spk, "<bundle><spk>", PUBLIC_KEY_LENGTH),
         signed_pre_key_signature=_b64_text(spks, "<bundle><spks>", SIGNATURE_LENGTH),
         identity_key=_b64_text(ik, "<bundle><ik>", PUBLIC_KEY_LENGTH),

@@ -552,6 +552,11 @@ BAD_IDS = {
     "huge": "99999999999",
     "float": "1.5",
 }
+# Signed pre-key and pre-key ids are 0..2^32-1 (protobuf uint32; Converse numbers from 0).
+BAD_KEY_IDS = {
+    **{k: v for k, v in BAD_IDS.items() if k != "zero"},
+    "above uint32": "4294967296",
+}
 BAD_B64 = {"not base64": "!!!!", "bad padding": "abc", "non-ascii": "ÿÿÿÿ", "padding inside": "ab=c"}
 
 
@@ -597,7 +602,7 @@ def _cases() -> list[tuple[str, str, str, Mutation, str]]:
     add("twomemo", "bundle", "no spk id", at("spk", del_attr("id")), "spk")
     add("twomemo", "bundle", "no pk id", at("prekeys/pk", del_attr("id")), "pk")
     add("twomemo", "bundle", "duplicate pk", at("prekeys", duplicate_child("pk")), "pk")
-    for name, value in BAD_IDS.items():
+    for name, value in BAD_KEY_IDS.items():
         add("twomemo", "bundle", f"spk id {name}", at("spk", set_attr("id", value)), "spk")
         add("twomemo", "bundle", f"pk id {name}", at("prekeys/pk", set_attr("id", value)), "pk")
     for child, length in (("spk", 31), ("spk", 33), ("spks", 63), ("ik", 33), ("ik", 0), ("prekeys/pk", 31)):
@@ -652,7 +657,7 @@ def _cases() -> list[tuple[str, str, str, Mutation, str]]:
     )
     add("oldmemo", "bundle", "no pk id", at("prekeys/preKeyPublic", del_attr("preKeyId")), "preKeyId")
     add("oldmemo", "bundle", "duplicate pk", at("prekeys", duplicate_child("preKeyPublic")), "preKeyPublic")
-    for name, value in BAD_IDS.items():
+    for name, value in BAD_KEY_IDS.items():
         spk_id = at("signedPreKeyPublic", set_attr("signedPreKeyId", value))
         add("oldmemo", "bundle", f"spk id {name}", spk_id, "signedPreKeyId")
         pk_id = at("prekeys/preKeyPublic", set_attr("preKeyId", value))

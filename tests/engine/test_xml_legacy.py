@@ -367,20 +367,24 @@ def pk_xml(text: str, attrs: str = " preKeyId='4'") -> str:
     return f"<prekeys><preKeyPublic{attrs}>{text}</preKeyPublic></prekeys>"
 
 
+_NOT_IDS = [
+    ("", "not a decimal integer"),
+    ("x1", "not a decimal integer"),
+    ("1e3", "not a decimal integer"),
+    ("\u0661", "not a decimal integer"),
+]
+
+
 @pytest.mark.parametrize(
     ("value", "reason"),
     [
-        ("", "not a decimal integer"),
-        ("x1", "not a decimal integer"),
-        ("1e3", "not a decimal integer"),
-        ("\u0661", "not a decimal integer"),
-        ("0", "out of range 1..2147483647"),
-        ("-7", "out of range 1..2147483647"),
-        ("4294967295", "out of range 1..2147483647"),
-        ("1" * 6000, "out of range 1..2147483647"),
+        *_NOT_IDS,
+        ("-7", "out of range 0..4294967295"),
+        ("4294967296", "out of range 0..4294967295"),
+        ("1" * 6000, "out of range 0..4294967295"),
     ],
 )
-def test_bad_ids(value: str, reason: str) -> None:
+def test_bad_key_ids(value: str, reason: str) -> None:
     text = raises_malformed(
         lg.parse_bundle, bundle_xml(spk=spk_xml(wire(SPK), f" signedPreKeyId='{value}'")), reason
     )
@@ -389,6 +393,19 @@ def test_bad_ids(value: str, reason: str) -> None:
         lg.parse_bundle, bundle_xml(prekeys=pk_xml(wire(PK), f" preKeyId='{value}'")), reason
     )
     assert "<bundle><prekeys><preKeyPublic>: attribute 'preKeyId'" in text
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        *_NOT_IDS,
+        ("0", "out of range 1..2147483647"),
+        ("-7", "out of range 1..2147483647"),
+        ("4294967295", "out of range 1..2147483647"),
+        ("1" * 6000, "out of range 1..2147483647"),
+    ],
+)
+def test_bad_device_ids(value: str, reason: str) -> None:
     text = raises_malformed(
         lg.parse_device_list, xml(f"<list xmlns='{NS}'><device id='{value}'/></list>"), reason
     )
@@ -397,6 +414,20 @@ def test_bad_ids(value: str, reason: str) -> None:
     assert "<encrypted><header>: attribute 'sid'" in text
     text = raises_malformed(lg.parse_message, message(f"<key rid='{value}'>MwAA</key>"), reason)
     assert "<header><key>: attribute 'rid'" in text
+
+
+@pytest.mark.parametrize(("text", "value"), [("0", 0), ("2147483648", 2**31), ("4294967295", 2**32 - 1)])
+def test_key_ids_span_uint32(text: str, value: int) -> None:
+    # Converse's legacy bundles have signedPreKeyId='0' and preKeyId='0'.
+    bundle = lg.parse_bundle(
+        bundle_xml(
+            spk=spk_xml(wire(SPK), f" signedPreKeyId='{text}'"),
+            prekeys=pk_xml(wire(PK), f" preKeyId='{text}'"),
+        )
+    )
+    assert bundle.signed_pre_key_id == value
+    assert [pk.pre_key_id for pk in bundle.pre_keys] == [value]
+    assert lg.parse_bundle(lg.build_bundle(bundle)) == bundle
 
 
 @pytest.mark.parametrize(

@@ -303,7 +303,8 @@ def bundle_xml(
     return xml(f"<bundle xmlns='{NS}'>" + "".join(p for p in (spk, spks, ik, prekeys) if p) + "</bundle>")
 
 
-BAD_IDS = [
+#: Values that are no id in any range.
+NOT_IDS = [
     ("", "not a decimal integer"),
     ("abc", "not a decimal integer"),
     ("1.5", "not a decimal integer"),
@@ -312,15 +313,26 @@ BAD_IDS = [
     ("1 2", "not a decimal integer"),
     ("\u0663", "not a decimal integer"),  # ARABIC-INDIC DIGIT THREE: str.isdigit() but not ASCII
     ("\u00b2", "not a decimal integer"),  # SUPERSCRIPT TWO: isdigit() but int() fails
+]
+#: Device ids are 1..2^31-1 (XEP-0384).
+BAD_DEVICE_IDS = [
+    *NOT_IDS,
     ("0", "out of range 1..2147483647"),
     ("-1", "out of range 1..2147483647"),
     ("2147483648", "out of range 1..2147483647"),
     ("9" * 5000, "out of range 1..2147483647"),  # int() would refuse this many digits
 ]
+#: Signed pre-key and pre-key ids are 0..2^32-1 (protobuf uint32; Converse numbers from 0).
+BAD_KEY_IDS = [
+    *NOT_IDS,
+    ("-1", "out of range 0..4294967295"),
+    ("4294967296", "out of range 0..4294967295"),
+    ("9" * 5000, "out of range 0..4294967295"),
+]
 
 
-@pytest.mark.parametrize(("value", "reason"), BAD_IDS)
-def test_bad_ids(value: str, reason: str) -> None:
+@pytest.mark.parametrize(("value", "reason"), BAD_KEY_IDS)
+def test_bad_key_ids(value: str, reason: str) -> None:
     text = raises_malformed(o2.parse_bundle, bundle_xml(spk=f"<spk id='{value}'>{b64(SPK)}</spk>"), reason)
     assert "<bundle><spk>" in text
     assert "'id'" in text
@@ -328,9 +340,14 @@ def test_bad_ids(value: str, reason: str) -> None:
     raises_malformed(
         o2.parse_bundle, bundle_xml(prekeys=f"<prekeys><pk id='{value}'>{b64(PK)}</pk></prekeys>"), reason
     )
-    raises_malformed(
+
+
+@pytest.mark.parametrize(("value", "reason"), BAD_DEVICE_IDS)
+def test_bad_device_ids(value: str, reason: str) -> None:
+    text = raises_malformed(
         o2.parse_device_list, xml(f"<devices xmlns='{NS}'><device id='{value}'/></devices>"), reason
     )
+    assert len(text) < 200
     raises_malformed(
         o2.parse_message, xml(f"<encrypted xmlns='{NS}'><header sid='{value}'/></encrypted>"), reason
     )
@@ -342,6 +359,23 @@ def test_bad_ids(value: str, reason: str) -> None:
         ),
         reason,
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "value"), [("0", 0), (" 00 ", 0), ("2147483648", 2**31), ("4294967295", 2**32 - 1)]
+)
+def test_key_ids_span_uint32(text: str, value: int) -> None:
+    # Deployed clients number signed pre keys and pre keys from 0 (Converse), and the key exchange
+    # carries them as uint32: every such id is accepted and survives a round trip.
+    bundle = o2.parse_bundle(
+        bundle_xml(
+            spk=f"<spk id='{text}'>{b64(SPK)}</spk>",
+            prekeys=f"<prekeys><pk id='{text}'>{b64(PK)}</pk></prekeys>",
+        )
+    )
+    assert bundle.signed_pre_key_id == value
+    assert [pk.pre_key_id for pk in bundle.pre_keys] == [value]
+    assert o2.parse_bundle(o2.build_bundle(bundle)) == bundle
 
 
 BAD_BASE64 = [
@@ -606,8 +640,8 @@ def test_build_message_groups_by_jid() -> None:
 @pytest.mark.parametrize(
     ("factory", "match"),
     [
-        (lambda: o2.PreKey(pre_key_id=0, pub=PK), "pre_key_id must be in 1..2147483647, got 0"),
-        (lambda: o2.PreKey(pre_key_id=2**31, pub=PK), "pre_key_id must be in"),
+        (lambda: o2.PreKey(pre_key_id=-1, pub=PK), "pre_key_id must be in 0..4294967295, got -1"),
+        (lambda: o2.PreKey(pre_key_id=2**32, pub=PK), "pre_key_id must be in"),
         (lambda: o2.PreKey(pre_key_id=1, pub=PK[:31]), "pub must be 32 bytes, got 31"),
         (lambda: o2.DeviceListEntry(device_id=-5), "device_id must be in"),
         (lambda: o2.DeviceListEntry(device_id=1, label_signature=b"x"), "label_signature must be 64 bytes"),
@@ -643,13 +677,13 @@ def test_build_message_groups_by_jid() -> None:
         ),
         (
             lambda: o2.Bundle(
-                signed_pre_key_id=0,
+                signed_pre_key_id=2**32,
                 signed_pre_key=SPK,
                 signed_pre_key_signature=SIG,
                 identity_key=IK,
                 pre_keys=(),
             ),
-            "signed_pre_key_id must be in",
+            "signed_pre_key_id must be in 0..4294967295",
         ),
         (
             lambda: o2.Bundle(
