@@ -39,6 +39,7 @@ from ._session_manager_devices import (
 from ._session_manager_errors import (
     BundleDownloadFailed,
     BundleNotFound,
+    BundleRejected,
     BundleUploadFailed,
     MessageSendingFailed,
     PublicDataInconsistency,
@@ -354,10 +355,17 @@ class Core:
 
         Raises:
             BundleDownloadFailed, BundleNotFound: forwarded from ``_download_bundle``.
+            BundleRejected: ``_download_bundle`` raised a ``ValueError`` (the etree parsers' error for
+                a malformed bundle); the message names the device and the parser's reason.
             PublicDataInconsistency: the bundle names another namespace/JID/device or its identity key
                 is not 32 bytes.
         """
-        bundle = await self.manager._download_bundle(namespace, bare_jid, device_id)
+        try:
+            bundle = await self.manager._download_bundle(namespace, bare_jid, device_id)
+        except ValueError as exc:
+            raise BundleRejected(
+                f"the bundle of {describe(namespace, bare_jid, device_id)} was rejected: {exc}"
+            ) from exc
         if (bundle.namespace, bundle.bare_jid, bundle.device_id) != (namespace, bare_jid, device_id) or len(
             bundle.identity_key
         ) != 32:
@@ -368,12 +376,21 @@ class Core:
         return bundle
 
     async def fetch_identity_key(
-        self, bare_jid: str, device_id: int, namespaces: Tuple[str, ...], prefer: Optional[str] = None
+        self,
+        bare_jid: str,
+        device_id: int,
+        namespaces: Tuple[str, ...],
+        prefer: Optional[str] = None,
+        failures: Optional[List[str]] = None,
     ) -> Optional[Tuple[bytes, Bundle]]:
-        """Learn a device's identity key from the first of its bundles that can be downloaded.
+        """Learn a device's identity key from the first of its bundles that can be downloaded and used.
+
+        A bundle that cannot be had or used in one namespace does not hide the device: the next
+        namespace is tried. Each failure is logged and, if ``failures`` is given, appended to it as
+        ``"<namespace>: <exception class>: <message>"``.
 
         Returns:
-            The stored identity key and the bundle, or ``None`` if no bundle could be downloaded.
+            The stored identity key and the bundle, or ``None`` if no bundle could be used.
         """
         ordered = [ns for ns in self.namespaces() if ns in namespaces]
         if prefer in ordered:
@@ -383,7 +400,9 @@ class Core:
             try:
                 bundle = await self.download_bundle(namespace, bare_jid, device_id)
             except (XMPPInteractionFailed, UnknownNamespace, PublicDataInconsistency) as exc:
-                _log.debug("no usable bundle for %s: %s", describe(namespace, bare_jid, device_id), exc)
+                _log.info("no usable bundle for %s: %s", describe(namespace, bare_jid, device_id), exc)
+                if failures is not None:
+                    failures.append(f"{namespace}: {type(exc).__name__}: {exc}")
                 continue
             async with self.jid_locks.hold(bare_jid):
                 stored = (await self.devices.load(bare_jid, device_id)).identity_key

@@ -16,7 +16,7 @@ message whose session state has already advanced.
 from __future__ import annotations
 
 import logging
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 from ._session_manager_core import Core, describe
 from ._session_manager_errors import (
@@ -29,6 +29,7 @@ from ._session_manager_errors import (
     UnknownNamespace,
 )
 from .backend import BackendException, DecryptionFailed, KeyExchangeFailed, TooManySkippedMessageKeys
+from .bundle import Bundle
 from .message import EncryptedKeyMaterial, KeyExchange, Message, PlainKeyMaterial
 from .session import Initiation, Session
 from .types import DeviceInformation, TrustLevel
@@ -69,7 +70,7 @@ async def sender_information(core: Core, namespace: str, bare_jid: str, device_i
 
     Raises:
         SenderNotFound: the device is not listed even after a refresh, or its identity key is unknown and
-            none of its bundles can be downloaded.
+            none of its bundles can be downloaded and used (the message says which, per namespace).
     """
     known = await core.known_device(bare_jid, device_id)
     if known is not None:
@@ -87,12 +88,38 @@ async def sender_information(core: Core, namespace: str, bare_jid: str, device_i
     record = await core.devices.load(bare_jid, device_id)
     if record.identity_key is None:
         namespaces = record.namespaces if namespace in record.namespaces else (namespace, *record.namespaces)
-        if await core.fetch_identity_key(bare_jid, device_id, namespaces, prefer=namespace) is None:
+        failures: List[str] = []
+        found = await core.fetch_identity_key(
+            bare_jid, device_id, namespaces, prefer=namespace, failures=failures
+        )
+        if found is None:
+            found = await _identity_key_from_other_namespaces(core, bare_jid, device_id, namespaces, failures)
+        if found is None:
             raise SenderNotFound(
-                f"the identity key of {who} is unknown and its bundle could not be downloaded"
+                f"{who} is in its account's device list, but its identity key is unknown and none of its"
+                f" bundles could be used ({'; '.join(failures) or 'no namespace to download one from'})"
             )
         record = await core.devices.load(bare_jid, device_id)
     return await core.make_information(bare_jid, device_id, record)
+
+
+async def _identity_key_from_other_namespaces(
+    core: Core, bare_jid: str, device_id: int, tried: Tuple[str, ...], failures: List[str]
+) -> Optional[Tuple[bytes, Bundle]]:
+    """Look for the device in the device lists of the namespaces not tried yet, and for its identity key
+    in their bundles: one unusable bundle must not hide a device that another namespace lists."""
+    for other in core.namespaces():
+        if other in tried:
+            continue
+        try:
+            await core.refresh_device_list(other, bare_jid)
+        except (DeviceListDownloadFailed, UnknownNamespace) as exc:
+            failures.append(f"{other}: device list: {type(exc).__name__}: {exc}")
+    record = await core.devices.load(bare_jid, device_id)
+    listed = tuple(ns for ns in record.namespaces if ns not in tried)
+    if not listed:
+        return None
+    return await core.fetch_identity_key(bare_jid, device_id, listed, failures=failures)
 
 
 async def decrypt(

@@ -11,8 +11,11 @@ Steps:
    re-read and re-evaluate them (``StillUndecided`` if any remains undecided). Only TRUSTED devices get
    key material.
 4. Under the session locks of every target device (one sorted sweep): per backend, encrypt the payload
-   once, then load each session or build one actively from the bundle (non-critical errors, like
-   ``BundleNotFound`` or ``KeyExchangeFailed``, drop the device and are reported as ``EncryptionError``).
+   once, then load each session or build one actively from the bundle. A non-critical error, like
+   ``BundleNotFound``, ``BundleRejected`` or ``KeyExchangeFailed``, is reported as ``EncryptionError``
+   and the device moves on to the next namespace of the order in which it is active and for which a
+   plaintext was given (an addition to python-omemo, where one unusable bundle dropped the device);
+   without one, the device is dropped.
 5. If a recipient other than ourselves is left without any device: ``NoEligibleDevices``, and nothing
    is stored. Otherwise every touched session is stored, then the messages are returned.
 """
@@ -33,7 +36,7 @@ from ._session_manager_errors import (
 )
 from .backend import Backend, KeyExchangeFailed
 from .bundle import Bundle
-from .message import EncryptedKeyMaterial, KeyExchange, Message, PlainKeyMaterial
+from .message import Content, EncryptedKeyMaterial, KeyExchange, Message, PlainKeyMaterial
 from .session import Initiation, Session
 from .types import DeviceInformation, TrustLevel
 
@@ -53,11 +56,9 @@ def _priority_order(core: Core, backend_priority_order: Optional[List[str]]) -> 
     return list(dict.fromkeys(backend_priority_order))
 
 
-def _choose_namespace(device: DeviceInformation, order: List[str]) -> Optional[str]:
-    for namespace in order:
-        if (namespace, True) in device.active and namespace in device.namespaces:
-            return namespace
-    return None
+def _candidate_namespaces(device: DeviceInformation, order: List[str]) -> List[str]:
+    """The namespaces of ``order`` in which ``device`` is active, best first."""
+    return [ns for ns in order if (ns, True) in device.active and ns in device.namespaces]
 
 
 async def _decide_trust(core: Core, targets: List[_Target], identifier: Optional[str]) -> List[_Target]:
@@ -125,17 +126,36 @@ async def _fetch_bundles(
     return {(ns, d.bare_jid, d.device_id): result for (d, ns), result in zip(needed, results, strict=True)}
 
 
+class _Batch:
+    """What one backend produced so far: the payload, encrypted once, and every device's key."""
+
+    def __init__(self) -> None:
+        self.content: Optional[Content] = None
+        self.plain_key_material: Optional[PlainKeyMaterial] = None
+        self.keys: Set[_KeyTuple] = set()
+        self.touched: List[Session] = []
+
+
 async def _encrypt_for_backend(
     core: Core,
     backend: Backend,
+    batch: _Batch,
     plaintext: bytes,
     targets: List[_Target],
     cached: Dict[Tuple[str, str, int], Bundle],
     errors: List[EncryptionError],
-) -> Tuple[Optional[Message], PlainKeyMaterial, List[Session]]:
-    """Encrypt for the devices of one backend (session locks held). Nothing is stored here."""
+) -> List[DeviceInformation]:
+    """Encrypt for the devices of one backend (session locks held) into ``batch``. Nothing is stored.
+
+    Returns:
+        The devices that failed with a non-critical error (recorded in ``errors``), so that another
+        namespace can be tried for them.
+    """
     namespace = backend.namespace
-    content, plain_key_material = await backend.encrypt_plaintext(plaintext)
+    if batch.content is None:
+        batch.content, batch.plain_key_material = await backend.encrypt_plaintext(plaintext)
+    plain_key_material = batch.plain_key_material
+    assert plain_key_material is not None
     sessions: Dict[Tuple[str, int], Optional[Session]] = {}
     for device, _ in targets:
         sessions[(device.bare_jid, device.device_id)] = await backend.load_session(
@@ -143,8 +163,7 @@ async def _encrypt_for_backend(
         )
     needed = [target for target in targets if sessions[(target[0].bare_jid, target[0].device_id)] is None]
     bundles = await _fetch_bundles(core, needed, cached) if needed else {}
-    keys: Set[_KeyTuple] = set()
-    touched: List[Session] = []
+    failed: List[DeviceInformation] = []
     for device, _ in targets:
         jid, device_id = device.bare_jid, device.device_id
         session = sessions[(jid, device_id)]
@@ -160,20 +179,18 @@ async def _encrypt_for_backend(
             else:
                 encrypted = await backend.encrypt_key_material(session, plain_key_material)
         except (*BUNDLE_ERRORS, KeyExchangeFailed) as exc:
-            _log.debug("skipping %s: %s", describe(namespace, jid, device_id), type(exc).__name__)
+            _log.info("cannot encrypt for %s: %s", describe(namespace, jid, device_id), exc)
             errors.append(EncryptionError(namespace, jid, device_id, exc))
+            failed.append(device)
             continue
         key_exchange = (
             session.key_exchange
             if session.initiation is Initiation.ACTIVE and not session.confirmed
             else None
         )
-        keys.add((encrypted, key_exchange))
-        touched.append(session)
-    if not keys:
-        return None, plain_key_material, touched
-    message = Message(namespace, core.own_bare_jid, core.own_device_id, content, frozenset(keys))
-    return message, plain_key_material, touched
+        batch.keys.add((encrypted, key_exchange))
+        batch.touched.append(session)
+    return failed
 
 
 async def _discover(core: Core, bare_jid: str) -> None:
@@ -232,9 +249,9 @@ async def encrypt(
         for device in sorted(devices, key=_sort_key):
             if jid == core.own_bare_jid and device.device_id == core.own_device_id:
                 continue
-            namespace = _choose_namespace(device, order)
-            if namespace is not None:
-                targets.append((device, namespace))
+            candidates = _candidate_namespaces(device, order)
+            if candidates:
+                targets.append((device, candidates[0]))
 
     targets = await _decide_trust(core, targets, identifier)
 
@@ -245,26 +262,51 @@ async def encrypt(
             f"no plaintext given for the namespace(s) {', '.join(missing)} needed by the recipients"
         )
 
+    # A device whose session cannot be built in its first namespace (its bundle there is missing or
+    # unusable) falls back to the next namespace of the order in which it is active and for which a
+    # plaintext was given: one bad bundle must not hide a device that another namespace reaches.
+    fallbacks = {
+        (device.bare_jid, device.device_id): [
+            ns for ns in _candidate_namespaces(device, order) if ns in plaintext and ns != first
+        ]
+        for device, first in targets
+    }
     errors: List[EncryptionError] = []
-    messages: Dict[Message, PlainKeyMaterial] = {}
-    lock_keys = [(ns, device.bare_jid, device.device_id) for device, ns in targets]
+    batches: Dict[str, _Batch] = {}
+    lock_keys = [
+        (ns, device.bare_jid, device.device_id)
+        for device, first in targets
+        for ns in (first, *fallbacks[(device.bare_jid, device.device_id)])
+    ]
     async with core.session_locks.hold(*lock_keys):
-        touched: List[Tuple[Backend, Session]] = []
-        for namespace in used:
-            backend = core.backend(namespace)
-            mine = [target for target in targets if target[1] == namespace]
-            message, plain_key_material, sessions = await _encrypt_for_backend(
-                core, backend, plaintext[namespace], mine, cached, errors
-            )
-            touched.extend((backend, session) for session in sessions)
-            if message is not None:
-                messages[message] = plain_key_material
+        pending = targets
+        while pending:
+            retry: List[_Target] = []
+            for namespace in core.namespaces():
+                mine = [target for target in pending if target[1] == namespace]
+                if not mine:
+                    continue
+                batch = batches.setdefault(namespace, _Batch())
+                failed = await _encrypt_for_backend(
+                    core, core.backend(namespace), batch, plaintext[namespace], mine, cached, errors
+                )
+                for device in failed:
+                    remaining = fallbacks[(device.bare_jid, device.device_id)]
+                    if remaining:
+                        retry.append((device, remaining.pop(0)))
+            pending = retry
 
-        reached = {session.bare_jid for _, session in touched}
+        reached = {session.bare_jid for batch in batches.values() for session in batch.touched}
         unreachable = frozenset(jid for jid in recipients if jid != core.own_bare_jid and jid not in reached)
         if unreachable:
             raise NoEligibleDevices(unreachable, _explain(unreachable, errors))
-        for namespace in used:
-            backend = core.backend(namespace)
-            await core.store_sessions(backend, [session for owner, session in touched if owner is backend])
+        messages: Dict[Message, PlainKeyMaterial] = {}
+        for namespace, batch in batches.items():
+            await core.store_sessions(core.backend(namespace), batch.touched)
+            if batch.keys:
+                assert batch.content is not None and batch.plain_key_material is not None
+                message = Message(
+                    namespace, core.own_bare_jid, core.own_device_id, batch.content, frozenset(batch.keys)
+                )
+                messages[message] = batch.plain_key_material
     return messages, frozenset(errors)

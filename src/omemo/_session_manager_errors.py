@@ -20,6 +20,7 @@ __all__ = [
     "BundleDeletionFailed",
     "BundleDownloadFailed",
     "BundleNotFound",
+    "BundleRejected",
     "BundleUploadFailed",
     "DeviceListDownloadFailed",
     "DeviceListUploadFailed",
@@ -121,6 +122,18 @@ class BundleDownloadFailed(XMPPInteractionFailed):
     """Raised by ``_download_bundle`` on a technical failure, and indirectly by various methods."""
 
 
+class BundleRejected(BundleDownloadFailed):
+    """A bundle was downloaded but cannot be used: it does not parse (a field out of range, a key of the
+    wrong length...), or it is not the bundle of the device it was asked for.
+
+    Raised by :meth:`~omemo.session_manager.SessionManager.get_device_information`'s downloads (and so
+    reported by ``encrypt`` as an :class:`EncryptionError`) in place of the parser's ``ValueError`` that
+    ``_download_bundle`` let through. The message names the namespace, the account, the device, and
+    the field and reason the parser gave. An XMPP layer may raise it itself from ``_download_bundle``.
+    A subclass of :class:`BundleDownloadFailed`, so code written against python-omemo catches it.
+    """
+
+
 class BundleNotFound(XMPPInteractionFailed):
     """Raised by ``_download_bundle`` when the bundle does not exist, and indirectly by various methods."""
 
@@ -173,6 +186,7 @@ for _cls in (
     XMPPInteractionFailed,
     BundleUploadFailed,
     BundleDownloadFailed,
+    BundleRejected,
     BundleNotFound,
     BundleDeletionFailed,
     DeviceListUploadFailed,

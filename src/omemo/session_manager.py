@@ -46,6 +46,7 @@ from ._session_manager_errors import (
     BundleDeletionFailed,
     BundleDownloadFailed,
     BundleNotFound,
+    BundleRejected,
     BundleUploadFailed,
     DeviceListDownloadFailed,
     DeviceListUploadFailed,
@@ -76,6 +77,7 @@ __all__ = [
     "BundleDeletionFailed",
     "BundleDownloadFailed",
     "BundleNotFound",
+    "BundleRejected",
     "BundleUploadFailed",
     "DeviceListDownloadFailed",
     "DeviceListUploadFailed",
@@ -304,7 +306,10 @@ class SessionManager(ABC):
             UnknownNamespace: the namespace is unknown.
             BundleNotFound: there is no such bundle.
             BundleDownloadFailed: a technical failure (not for a missing bundle; a subclass may be
-                raised instead).
+                raised instead, e.g. :class:`BundleRejected` for a bundle that does not parse).
+
+        A ``ValueError`` raised here (what the ``etree`` parsers of the backends raise for a malformed
+        bundle) is reported as :class:`BundleRejected`, naming the device and the parser's reason.
         """
 
     @staticmethod
@@ -619,8 +624,10 @@ class SessionManager(ABC):
 
         Each device gets the message of one backend: the first of ``backend_priority_order`` in which it
         is active. Undecided devices are submitted to :meth:`_make_trust_decision` once; only trusted
-        devices receive key material. Devices that cannot be reached (no bundle, failed key exchange)
-        are skipped and reported. Sessions are stored only if the encryption succeeds.
+        devices receive key material. A device that cannot be reached in that namespace (no bundle, a
+        rejected bundle, a failed key exchange) is reported and tried in the next namespace of the order
+        in which it is active and for which ``plaintext`` has an entry; a device reached by no namespace
+        is skipped. Sessions are stored only if the encryption succeeds.
 
         Args:
             bare_jids: the recipient accounts (the own account is added implicitly).
@@ -632,7 +639,8 @@ class SessionManager(ABC):
 
         Returns:
             One message per backend used, mapped to the plain key material of its content (for e.g.
-            legacy key transport), and the non-critical errors that made devices be skipped.
+            legacy key transport), and the non-critical errors met on the way: one per device and
+            namespace that failed, including those of devices that another namespace then reached.
 
         Raises:
             UnknownNamespace: the priority order names a namespace that is not loaded.

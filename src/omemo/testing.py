@@ -3,7 +3,9 @@
 :class:`InMemoryXMPP` plays the part of the PEP service and of message routing:
 
 - one device list node per ``(namespace, bare_jid)`` and one bundle per
-  ``(namespace, bare_jid, device_id)``, holding the backend objects as they are (no XML);
+  ``(namespace, bare_jid, device_id)``, holding the backend objects as they are (no XML), or, for the
+  namespaces given a :class:`BundleCodec`, the bundle's XML as published, parsed again on every download
+  (so a test can publish a malformed bundle, as a buggy or foreign client would);
 - one inbox per ``(bare_jid, device_id)``: a sent message lands in the inbox of every device it has
   key material for;
 - failure injection (:meth:`InMemoryXMPP.fail`) and a call log (:attr:`InMemoryXMPP.calls`).
@@ -28,9 +30,10 @@ last call when the test awaits :meth:`InMemoryXMPP.flush_notifications`.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple, Type, TypeVar, cast
+from typing import Any, Dict, List, Optional, Protocol, Tuple, Type, TypeVar, cast
 
 from .bundle import Bundle
 from .message import Message
@@ -48,7 +51,7 @@ from .session_manager import (
 )
 from .types import DeviceList
 
-__all__ = ["OPERATIONS", "InMemoryXMPP", "InjectedFailure"]
+__all__ = ["OPERATIONS", "BundleCodec", "InMemoryXMPP", "InjectedFailure"]
 
 SessionManagerT = TypeVar("SessionManagerT", bound=SessionManager)
 
@@ -87,21 +90,42 @@ class InjectedFailure:
         )
 
 
+class BundleCodec(Protocol):
+    """The bundle half of a backend's ``etree`` module (``twomemo.etree``, ``oldmemo.etree``)."""
+
+    def serialize_bundle(self, bundle: Any) -> ET.Element:
+        """The ``<bundle>`` element of a bundle."""
+        ...
+
+    def parse_bundle(self, element: ET.Element, bare_jid: str, device_id: int) -> Any:
+        """The bundle of a ``<bundle>`` element; raises ``ValueError`` for a malformed one."""
+        ...
+
+
 class InMemoryXMPP:
     """The in-memory network. Backend-agnostic: bundles and messages are stored as given."""
 
-    def __init__(self, namespaces: Optional[Iterable[str]] = None) -> None:
+    def __init__(
+        self,
+        namespaces: Optional[Iterable[str]] = None,
+        bundle_codecs: Optional[Mapping[str, BundleCodec]] = None,
+    ) -> None:
         """Create an empty network.
 
         Args:
             namespaces: the namespaces the "server" knows; operations on others raise
                 ``UnknownNamespace``. ``None`` (the default) accepts every namespace.
+            bundle_codecs: namespace -> the backend's ``etree`` module: bundles of these namespaces
+                are published as XML (:attr:`bundle_xml`) and parsed on download, as over a real server.
         """
         self.namespaces = None if namespaces is None else frozenset(namespaces)
         #: ``(namespace, bare_jid)`` -> published device list.
         self.device_lists: Dict[Tuple[str, str], DeviceList] = {}
-        #: ``(namespace, bare_jid, device_id)`` -> published bundle.
+        #: ``(namespace, bare_jid, device_id)`` -> published bundle (namespaces without a codec).
         self.bundles: Dict[Tuple[str, str, int], Bundle] = {}
+        #: ``(namespace, bare_jid, device_id)`` -> published bundle XML (namespaces with a codec).
+        self.bundle_xml: Dict[Tuple[str, str, int], bytes] = {}
+        self._codecs: Dict[str, BundleCodec] = dict(bundle_codecs or {})
         #: ``(bare_jid, device_id)`` -> received messages, oldest first.
         self.inboxes: Dict[Tuple[str, int], List[Message]] = {}
         #: Every hook call: ``(operation, namespace, bare_jid, device_id or None)``.
@@ -172,20 +196,32 @@ class InMemoryXMPP:
         self._enter("upload_bundle", bundle.namespace, bare_jid, bundle.device_id)
         if bundle.bare_jid != bare_jid:
             raise BundleUploadFailed(f"{bare_jid} may not publish the bundle of {bundle.bare_jid}")
-        self.bundles[(bundle.namespace, bare_jid, bundle.device_id)] = bundle
+        key = (bundle.namespace, bare_jid, bundle.device_id)
+        codec = self._codecs.get(bundle.namespace)
+        if codec is None:
+            self.bundles[key] = bundle
+        else:
+            self.bundle_xml[key] = ET.tostring(codec.serialize_bundle(bundle))
 
     async def download_bundle(self, namespace: str, bare_jid: str, device_id: int) -> Bundle:
-        """Fetch a bundle.
+        """Fetch a bundle (parsing its XML in the namespaces with a codec).
 
         Raises:
             BundleNotFound: no such bundle.
             BundleDownloadFailed: injected.
+            ValueError: the published XML does not parse (the codec's error, as the ``etree`` modules
+                raise it).
         """
         self._enter("download_bundle", namespace, bare_jid, device_id)
-        bundle = self.bundles.get((namespace, bare_jid, device_id))
-        if bundle is None:
+        key = (namespace, bare_jid, device_id)
+        codec = self._codecs.get(namespace)
+        if codec is not None and key in self.bundle_xml:
+            bundle: Bundle = codec.parse_bundle(ET.fromstring(self.bundle_xml[key]), bare_jid, device_id)
+            return bundle
+        found = self.bundles.get(key)
+        if found is None:
             raise BundleNotFound(f"no bundle of device {device_id} of {bare_jid} ({namespace})")
-        return bundle
+        return found
 
     async def delete_bundle(self, bare_jid: str, namespace: str, device_id: int) -> None:
         """Delete an own bundle (a missing one is fine).
@@ -195,6 +231,7 @@ class InMemoryXMPP:
         """
         self._enter("delete_bundle", namespace, bare_jid, device_id)
         self.bundles.pop((namespace, bare_jid, device_id), None)
+        self.bundle_xml.pop((namespace, bare_jid, device_id), None)
 
     # -- PEP: device lists --------------------------------------------------------------------------
 
