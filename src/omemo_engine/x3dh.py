@@ -151,6 +151,10 @@ def active(
     verify_bundle(profile, bundle)
     ephemeral_priv = random_bytes(32)
     ids = sorted(bundle.pre_keys)
+    if len(ids) > 1 and ids[0] == 0:
+        # Converse numbers its pre keys from 0 but takes a key exchange naming pre key 0 for one without
+        # a pre key and cannot decrypt it (docs/real-clients.md): 0 only when it is the only pre key.
+        ids = ids[1:]
     pre_key_id = ids[0] if len(ids) == 1 else ids[_uniform_index(len(ids), random_bytes)]
     pre_key = bundle.pre_keys[pre_key_id]
     try:

@@ -132,8 +132,14 @@ def serialize_message(message: Message) -> Element:
     )
 
 
+_KEY_EXCHANGE_FIRST_BYTE = b"\x08"
+
+
 def parse_message(element: Element, bare_jid: str) -> Message:
     """Parse an ``<encrypted>`` element sent by ``bare_jid``.
+
+    A ``<key>`` is a key exchange if its ``kex`` attribute is true, or if its bytes are an
+    ``OMEMOKeyExchange`` (QXmpp omits the attribute on all but the first message of a session).
 
     Raises:
         MalformedXML: the element is not a valid OMEMO 2 message, or a key exchange in it does not
@@ -142,7 +148,11 @@ def parse_message(element: Element, bare_jid: str) -> Message:
     parsed = codec.parse_message(element)
     keys: List[Tuple[EncryptedKeyMaterial, Optional[KeyExchange]]] = []
     for key in parsed.keys:
-        if key.kex:
+        # QXmpp (Kaidan) sets kex='true' only on the first message of a session and sends the next
+        # ones, still OMEMOKeyExchanges until the session is acknowledged, without it (as Converse does,
+        # the bytes decide: an OMEMOKeyExchange starts with field 1, a varint, tag 0x08; an
+        # OMEMOAuthenticatedMessage with field 1, bytes, tag 0x0a). docs/real-clients.md.
+        if key.kex or key.data[:1] == _KEY_EXCHANGE_FIRST_BYTE:
             try:
                 kex, data = KeyExchangeImpl.parse(key.data)
             except ValueError as exc:

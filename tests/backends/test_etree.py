@@ -379,6 +379,11 @@ async def test_kex_attribute_spellings(world: World, value: str, is_kex: bool) -
     for key in marked:
         key.set(attribute, value)
     parsed = await parse_message(world, element)
+    if world.cls is twomemo.Twomemo:
+        # The bytes are an OMEMOKeyExchange either way, and decide (QXmpp sends key exchanges
+        # without kex='true' after the first message of a session).
+        assert sum(kex is not None for _, kex in parsed.keys) == 2
+        return
     assert sum(kex is not None for _, kex in parsed.keys) == (2 if is_kex else 0)
     if not is_kex:
         # The key-exchange bytes are then taken for the key material as they are.

@@ -7,11 +7,12 @@ middle of a conversation. The legacy payload variants seen in the field are cove
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
 
-from omemo_engine import payload, ratchet
+from omemo_engine import payload, ratchet, x3dh
 from omemo_engine._primitives import hkdf_sha256, hmac_sha256
 from omemo_engine.errors import (
     AuthenticationFailed,
@@ -561,3 +562,21 @@ def test_counters_up_to_uint32_survive_serialisation(profile: Profile) -> None:
     pair = open_session(profile, "counters")
     big = pair.alice._replace(sending_n=2**32 - 2, previous_sending_n=2**32 - 1)
     assert RatchetState.from_bytes(big.to_bytes()) == big
+
+
+@BOTH
+def test_pre_key_zero_is_chosen_only_when_it_is_the_only_one(profile: Profile) -> None:
+    # Converse numbers its pre keys from 0 and cannot use its own pre key 0 (docs/real-clients.md).
+    rng = seeded_rng("pre key 0")
+    bob = DeviceKeys.generate(rng, pre_keys=2)
+    alice = DeviceKeys.generate(rng)
+    both = dataclasses.replace(bob, pre_keys={0: bob.pre_keys[1], 1: bob.pre_keys[2]})
+    only_zero = dataclasses.replace(bob, pre_keys={0: bob.pre_keys[1]})
+
+    def chosen(device: DeviceKeys, seed: int) -> int:
+        bundle = device.bundle(profile, rng)
+        result = x3dh.active(profile, alice.priv, alice.identity_key, bundle, random_bytes=seeded_rng(seed))
+        return result.pre_key_id
+
+    assert {chosen(both, seed) for seed in range(32)} == {1}
+    assert chosen(only_zero, 0) == 0

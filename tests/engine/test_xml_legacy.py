@@ -705,14 +705,16 @@ def test_value_objects_validate(factory: Any, match: str) -> None:
 # Hypothesis properties
 
 ids = st.integers(min_value=lg.MIN_ID, max_value=lg.MAX_ID)
+# Signed pre-key and pre-key ids: the whole uint32 range, 0 (Converse) and the ends drawn often.
+key_ids = st.sampled_from([0, 1, 2**31 - 1, 2**31, 2**32 - 1]) | st.integers(lg.MIN_KEY_ID, lg.MAX_KEY_ID)
 key32 = st.binary(min_size=32, max_size=32)
 bundles = st.builds(
     lg.Bundle,
-    signed_pre_key_id=ids,
+    signed_pre_key_id=key_ids,
     signed_pre_key=key32,
     signed_pre_key_signature=st.binary(min_size=64, max_size=64),
     identity_key=key32,
-    pre_keys=st.lists(st.tuples(ids, key32), max_size=8, unique_by=lambda t: t[0]).map(
+    pre_keys=st.lists(st.tuples(key_ids, key32), max_size=8, unique_by=lambda t: t[0]).map(
         lambda pairs: tuple(lg.PreKey(pre_key_id=i, pub=p) for i, p in pairs)
     ),
 )

@@ -718,6 +718,8 @@ def test_value_objects_are_frozen() -> None:
 # Hypothesis properties
 
 ids = st.integers(min_value=o2.MIN_ID, max_value=o2.MAX_ID)
+# Signed pre-key and pre-key ids: the whole uint32 range, 0 (Converse) and the ends drawn often.
+key_ids = st.sampled_from([0, 1, 2**31 - 1, 2**31, 2**32 - 1]) | st.integers(o2.MIN_KEY_ID, o2.MAX_KEY_ID)
 key32 = st.binary(min_size=32, max_size=32)
 # Strings that survive an XML text round trip: no control characters, surrogates, or the
 # non-characters U+FFFE/U+FFFF, which XML 1.0 does not allow.
@@ -727,12 +729,12 @@ xml_text = st.text(
 )
 jids = xml_text.filter(lambda s: s.strip() != "")
 
-pre_key_lists = st.lists(st.tuples(ids, key32), max_size=8, unique_by=lambda t: t[0]).map(
+pre_key_lists = st.lists(st.tuples(key_ids, key32), max_size=8, unique_by=lambda t: t[0]).map(
     lambda pairs: tuple(o2.PreKey(pre_key_id=i, pub=p) for i, p in pairs)
 )
 bundles = st.builds(
     o2.Bundle,
-    signed_pre_key_id=ids,
+    signed_pre_key_id=key_ids,
     signed_pre_key=key32,
     signed_pre_key_signature=st.binary(min_size=64, max_size=64),
     identity_key=key32,
