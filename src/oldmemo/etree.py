@@ -10,6 +10,7 @@ the session manager.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Dict, FrozenSet, List, Optional, Tuple, Union
 from xml.etree.ElementTree import Element
 
@@ -40,6 +41,14 @@ __all__ = [
 ]
 
 
+_log = logging.getLogger(__name__)
+
+
+def _log_left_out(problems: List[str]) -> None:
+    for problem in problems:
+        _log.info("device list: %s", problem)
+
+
 def serialize_device_list(device_list: Dict[int, Optional[Union[SignedLabel, str]]]) -> Element:
     """Build a ``<list>`` element. Legacy device lists have no labels: labels are dropped."""
     return codec.build_device_list(device_list)
@@ -49,9 +58,13 @@ def parse_device_list(element: Element) -> Dict[int, Optional[SignedLabel]]:
     """Parse a ``<list>`` element (every label is ``None``).
 
     Raises:
-        MalformedXML: the element is not a valid device list.
+        MalformedXML: the element is not a valid device list. A ``<device>`` with a missing or invalid
+            id is left out (and logged) instead: one bad entry must not hide the other devices.
     """
-    return dict.fromkeys(codec.parse_device_list(element))
+    problems: List[str] = []
+    device_ids = codec.parse_device_list(element, problems)
+    _log_left_out(problems)
+    return dict.fromkeys(device_ids)
 
 
 def serialize_bundle(bundle: BundleImpl) -> Element:

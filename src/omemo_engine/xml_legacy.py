@@ -63,6 +63,7 @@ from ._xml_common import parse_id as _parse_id
 from ._xml_common import parse_pre_keys as _parse_pre_keys
 from ._xml_common import required_children as _required_children
 from ._xml_common import where_id as _where_id
+from .errors import MalformedXML
 from .xml_omemo2 import MAX_ID, MAX_KEY_ID, MIN_ID, MIN_KEY_ID, PUBLIC_KEY_LENGTH, SIGNATURE_LENGTH, PreKey
 
 __all__ = [
@@ -204,28 +205,34 @@ class EncryptedMessage:
 # Device list
 
 
-def parse_device_list(element: Element) -> tuple[int, ...]:
+def parse_device_list(element: Element, problems: list[str] | None = None) -> tuple[int, ...]:
     """Parse a ``<list>`` element.
 
+    One bad entry does not hide the owner's other devices: a ``<device>`` with a missing or invalid
+    ``id`` (Converse may draw device id 0) is left out, and described in ``problems`` if given.
     Duplicate device ids are collapsed (the first occurrence keeps its place); an empty ``<list/>``
     yields ``()``. Attributes other than ``id`` (e.g. a ``label`` some client adds) are ignored.
 
     Args:
         element: The ``{eu.siacs.conversations.axolotl}list`` element (the PEP item's payload).
+        problems: Receives one message per ``<device>`` left out.
 
     Returns:
         The device ids in document order.
 
     Raises:
-        MalformedXML: The element is not ``<list>`` of this namespace, or a ``<device>`` has a
-            missing or invalid ``id``.
+        MalformedXML: The element is not ``<list>`` of this namespace.
     """
     _check_root(element, _LIST, "list")
     # A dict keeps the first occurrence's position and drops repeats in one pass.
     device_ids: dict[int, None] = {}
     for child in element:
         if child.tag == _DEVICE:
-            device_ids[_parse_id(child.get("id"), "<list><device>", "id")] = None
+            try:
+                device_ids[_parse_id(child.get("id"), "<list><device>", "id")] = None
+            except MalformedXML as exc:
+                if problems is not None:
+                    problems.append(f"{exc}: entry left out")
     return tuple(device_ids)
 
 

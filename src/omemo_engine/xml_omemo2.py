@@ -66,6 +66,7 @@ from ._xml_common import parse_id as _parse_id
 from ._xml_common import parse_pre_keys as _parse_pre_keys
 from ._xml_common import required_children as _required_children
 from ._xml_common import show as _show
+from .errors import MalformedXML
 
 __all__ = [
     "MAX_ID",
@@ -244,22 +245,24 @@ class EncryptedMessage:
 # Device list
 
 
-def parse_device_list(element: Element) -> tuple[DeviceListEntry, ...]:
+def parse_device_list(element: Element, problems: list[str] | None = None) -> tuple[DeviceListEntry, ...]:
     """Parse a ``<devices>`` element.
 
-    Duplicate device ids are collapsed: the first ``<device>`` with a given id wins (a list that names
-    a device twice still names it; rejecting the whole list would hide all of the owner's devices).
-    An empty ``<devices/>`` is valid (XEP-0384 0.9) and yields ``()``.
+    One bad entry does not hide the owner's other devices (rejecting the whole list would): a
+    ``<device>`` with a missing or invalid ``id`` (Converse may draw device id 0) is left out, and
+    described in ``problems`` if given. Duplicate device ids are collapsed: the first ``<device>`` with
+    a given id wins. An empty ``<devices/>`` is valid (XEP-0384 0.9) and yields ``()``.
 
     Args:
         element: The ``{urn:xmpp:omemo:2}devices`` element (the PEP item's payload).
+        problems: Receives one message per ``<device>`` left out.
 
     Returns:
         The devices in document order.
 
     Raises:
         MalformedXML: The element is not ``<devices>`` of this namespace, or a ``<device>`` has a
-            missing or invalid ``id`` or a ``label`` that is not a string.
+            ``label`` that is not a string.
     """
     _check_root(element, _DEVICES, "devices")
     entries: list[DeviceListEntry] = []
@@ -267,7 +270,12 @@ def parse_device_list(element: Element) -> tuple[DeviceListEntry, ...]:
     for child in element:
         if child.tag != _DEVICE:
             continue
-        device_id = _parse_id(child.get("id"), "<devices><device>", "id")
+        try:
+            device_id = _parse_id(child.get("id"), "<devices><device>", "id")
+        except MalformedXML as exc:
+            if problems is not None:
+                problems.append(f"{exc}: entry left out")
+            continue
         if device_id in seen:
             continue
         seen.add(device_id)

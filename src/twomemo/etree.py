@@ -8,6 +8,7 @@ parsing) and the python-omemo API objects of :mod:`twomemo.twomemo`. Parsers rai
 
 from __future__ import annotations
 
+import logging
 from typing import Dict, FrozenSet, List, Optional, Tuple, Union
 from xml.etree.ElementTree import Element
 
@@ -32,6 +33,14 @@ __all__ = [
     "serialize_device_list",
     "serialize_message",
 ]
+
+
+_log = logging.getLogger(__name__)
+
+
+def _log_left_out(problems: List[str]) -> None:
+    for problem in problems:
+        _log.info("device list: %s", problem)
 
 
 def serialize_device_list(device_list: Dict[int, Optional[Union[SignedLabel, str]]]) -> Element:
@@ -62,15 +71,19 @@ def parse_device_list(element: Element) -> Dict[int, Optional[SignedLabel]]:
     signature itself is verified by the core against the device's identity key.
 
     Raises:
-        MalformedXML: the element is not a valid device list.
+        MalformedXML: the element is not a valid device list. A ``<device>`` with a missing or invalid
+            id is left out (and logged) instead: one bad entry must not hide the other devices.
     """
+    problems: List[str] = []
+    entries = codec.parse_device_list(element, problems)
+    _log_left_out(problems)
     return {
         entry.device_id: (
             SignedLabel(entry.label, entry.label_signature)
             if entry.label is not None and entry.label_signature is not None
             else None
         )
-        for entry in codec.parse_device_list(element)
+        for entry in entries
     }
 
 

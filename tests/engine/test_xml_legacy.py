@@ -406,10 +406,13 @@ def test_bad_key_ids(value: str, reason: str) -> None:
     ],
 )
 def test_bad_device_ids(value: str, reason: str) -> None:
-    text = raises_malformed(
-        lg.parse_device_list, xml(f"<list xmlns='{NS}'><device id='{value}'/></list>"), reason
-    )
-    assert "<list><device>: attribute 'id'" in text
+    # In a device list the entry is left out, the other devices stay (one bad entry must not hide them).
+    problems: list[str] = []
+    element = xml(f"<list xmlns='{NS}'><device id='7'/><device id='{value}'/><device id='9'/></list>")
+    assert lg.parse_device_list(element, problems) == (7, 9)
+    (problem,) = problems
+    assert "<list><device>: attribute 'id'" in problem and reason in problem and "left out" in problem
+    # In a message it is an error.
     text = raises_malformed(lg.parse_message, message("", sid=value), reason)
     assert "<encrypted><header>: attribute 'sid'" in text
     text = raises_malformed(lg.parse_message, message(f"<key rid='{value}'>MwAA</key>"), reason)
@@ -532,7 +535,6 @@ def test_message_errors(element: ET.Element, match: str) -> None:
 @pytest.mark.parametrize(
     ("element", "match"),
     [
-        (xml(f"<list xmlns='{NS}'><device/></list>"), "<list><device>: attribute 'id' is missing"),
         (xml(f"<devices xmlns='{NS}'/>"), "expected the element <list>"),
         (xml(f"<devices xmlns='{o2.NAMESPACE}'/>"), "expected the element <list>"),
         (xml("<list/>"), "expected the element <list> in namespace 'eu.siacs.conversations.axolotl'"),
@@ -540,6 +542,12 @@ def test_message_errors(element: ET.Element, match: str) -> None:
 )
 def test_device_list_errors(element: ET.Element, match: str) -> None:
     raises_malformed(lg.parse_device_list, element, match)
+
+
+def test_device_without_id_is_left_out() -> None:
+    problems: list[str] = []
+    assert lg.parse_device_list(xml(f"<list xmlns='{NS}'><device/><device id='3'/></list>"), problems) == (3,)
+    assert problems == ["<list><device>: attribute 'id' is missing: entry left out"]
 
 
 def test_non_string_attributes_and_texts() -> None:

@@ -344,10 +344,18 @@ def test_bad_key_ids(value: str, reason: str) -> None:
 
 @pytest.mark.parametrize(("value", "reason"), BAD_DEVICE_IDS)
 def test_bad_device_ids(value: str, reason: str) -> None:
-    text = raises_malformed(
-        o2.parse_device_list, xml(f"<devices xmlns='{NS}'><device id='{value}'/></devices>"), reason
+    # In a device list the entry is left out, the other devices stay (one bad entry must not hide them).
+    problems: list[str] = []
+    element = xml(f"<devices xmlns='{NS}'><device id='7'/><device id='{value}'/><device id='9'/></devices>")
+    assert o2.parse_device_list(element, problems) == (
+        o2.DeviceListEntry(device_id=7),
+        o2.DeviceListEntry(device_id=9),
     )
-    assert len(text) < 200
+    (problem,) = problems
+    assert "<devices><device>: attribute 'id'" in problem and reason in problem and "left out" in problem
+    assert len(problem) < 200
+    assert o2.parse_device_list(element) == o2.parse_device_list(element, [])
+    # In a message it is an error.
     raises_malformed(
         o2.parse_message, xml(f"<encrypted xmlns='{NS}'><header sid='{value}'/></encrypted>"), reason
     )
@@ -473,14 +481,19 @@ def test_bundle_errors(element: ET.Element, match: str) -> None:
 @pytest.mark.parametrize(
     ("element", "match"),
     [
-        (xml(f"<devices xmlns='{NS}'><device/></devices>"), "<devices><device>: attribute 'id' is missing"),
-        (xml(f"<devices xmlns='{NS}'><device label='x'/></devices>"), "attribute 'id' is missing"),
         (xml(f"<list xmlns='{NS}'/>"), "expected the element <devices>"),
         (xml("<devices xmlns='urn:xmpp:omemo:1'/>"), "expected the element <devices>"),
     ],
 )
 def test_device_list_errors(element: ET.Element, match: str) -> None:
     raises_malformed(o2.parse_device_list, element, match)
+
+
+def test_device_without_id_is_left_out() -> None:
+    problems: list[str] = []
+    element = xml(f"<devices xmlns='{NS}'><device/><device label='x'/><device id='3'/></devices>")
+    assert o2.parse_device_list(element, problems) == (o2.DeviceListEntry(device_id=3),)
+    assert problems == ["<devices><device>: attribute 'id' is missing: entry left out"] * 2
 
 
 def message_xml(header: str = "<header sid='1'/>", rest: str = "") -> ET.Element:
