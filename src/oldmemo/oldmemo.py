@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Tuple
 
-from omemo._engine_backend import (
+from omemo._engine.backend import (
     EngineBackend,
     EngineBundle,
     EngineEncryptedKeyMaterial,

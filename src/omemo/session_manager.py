@@ -6,16 +6,15 @@ An application subclasses :class:`SessionManager`, fills in the XMPP hooks (``_u
 policies are in :mod:`omemo.trust`), and obtains an instance with :meth:`SessionManager.create`.
 
 This module is the only layer of the library that awaits storage and XMPP; the protocol itself lives in
-the backends. The implementation is split over private modules: ``_session_manager_core`` (state,
-locking rules, device lists, device information, pre keys and empty messages),
-``_session_manager_encrypt``, ``_session_manager_decrypt`` (transactional decryption),
-``_session_manager_maintenance`` (set-up, purging, session replacement, history-sync queue),
-``_session_manager_rotation`` (background signed pre key rotation), ``_session_manager_devices``
-(storage records) and ``_session_manager_runtime`` (asyncio/Twisted adapter).
+the backends. The implementation is the private package ``omemo._core``: ``state`` (state, locking
+rules, device lists, device information, pre keys and empty messages), ``encrypt``, ``decrypt``
+(transactional decryption), ``maintenance`` (set-up, purging, session replacement, history-sync queue),
+``rotation`` (background signed pre key rotation), ``devices`` (storage records) and ``errors``; the
+asyncio/Twisted adapter is ``omemo._runtime``.
 
 Differences from python-omemo that callers may notice (all within the 1.0.2 contract):
 
-- concurrent calls are safe (see ``_session_manager_core`` for the locking rules);
+- concurrent calls are safe (see ``omemo._core.state`` for the locking rules);
 - a failure to publish the bundle or to send an automatic empty message after a successful decryption
   does not raise: the plaintext is returned, the bundle upload is retried on the next operation and the
   empty message is queued until :meth:`SessionManager.after_history_sync`;
@@ -37,12 +36,11 @@ from typing import Dict, FrozenSet, List, Optional, Tuple, Type, TypeVar
 
 from omemo_engine.xeddsa import ed25519_pub_to_curve25519_pub
 
-from . import _session_manager_maintenance as _maintenance
-from . import _session_manager_runtime as _runtime
-from ._session_manager_core import Core
-from ._session_manager_decrypt import decrypt as _decrypt
-from ._session_manager_encrypt import encrypt as _encrypt
-from ._session_manager_errors import (
+from . import _runtime
+from ._core import maintenance as _maintenance
+from ._core.decrypt import decrypt as _decrypt
+from ._core.encrypt import encrypt as _encrypt
+from ._core.errors import (
     BundleDeletionFailed,
     BundleDownloadFailed,
     BundleNotFound,
@@ -65,7 +63,8 @@ from ._session_manager_errors import (
     UnknownTrustLevel,
     XMPPInteractionFailed,
 )
-from ._session_manager_rotation import rotation_loop
+from ._core.rotation import rotation_loop
+from ._core.state import Core
 from .backend import Backend
 from .bundle import Bundle
 from .identity_key_pair import IdentityKeyPair

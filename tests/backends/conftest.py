@@ -27,7 +27,7 @@ import oldmemo
 import oldmemo.etree
 import twomemo
 import twomemo.etree
-from omemo._engine_backend import EngineBackend, EngineSession
+from omemo._engine.backend import EngineBackend, EngineSession
 from omemo.message import Content, EncryptedKeyMaterial, KeyExchange, Message
 from omemo.session import Initiation
 from omemo.storage import Maybe, Storage

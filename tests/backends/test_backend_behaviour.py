@@ -22,7 +22,7 @@ import oldmemo.oldmemo
 import omemo_engine.wire
 import twomemo
 import twomemo.twomemo
-from omemo._engine_backend import (
+from omemo._engine.backend import (
     EngineBackend,
     EngineBundle,
     EngineEncryptedKeyMaterial,

@@ -23,7 +23,7 @@ import oldmemo.oldmemo
 import twomemo
 import twomemo.etree
 import twomemo.twomemo
-from omemo._engine_backend import EngineBackend, KeyState, SignedPreKey
+from omemo._engine.backend import EngineBackend, KeyState, SignedPreKey
 from omemo.message import Message
 from omemo.session import Initiation
 from omemo.storages import MemoryStorage

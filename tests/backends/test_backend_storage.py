@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from omemo._engine_backend import EngineBackend, EngineSession
+from omemo._engine.backend import EngineBackend, EngineSession
 from omemo.message import Content, EncryptedKeyMaterial, Message
 from omemo.storages import SQLiteStorage
 

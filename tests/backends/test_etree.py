@@ -32,7 +32,7 @@ import oldmemo.oldmemo
 import twomemo
 import twomemo.etree
 import twomemo.twomemo
-from omemo._engine_backend import EngineBackend, EngineEncryptedKeyMaterial, EngineKeyExchange
+from omemo._engine.backend import EngineBackend, EngineEncryptedKeyMaterial, EngineKeyExchange
 from omemo.message import Message
 from omemo.session_manager import SenderNotFound
 from omemo.types import SignedLabel

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from omemo._engine_backend import EngineBackend, EngineSession
+from omemo._engine.backend import EngineBackend, EngineSession
 from omemo.storages import MemoryStorage
 
 from .conftest import BACKENDS, CountingStorage, Device, establish, exchange, make_device

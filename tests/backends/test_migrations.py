@@ -49,8 +49,8 @@ from omemo import (
     TrustLevel,
     UnknownTrustLevel,
 )
-from omemo import _legacy_convert as convert
-from omemo._engine_backend import UNKNOWN_SPK_ID, KeyState
+from omemo._engine import legacy_convert as convert
+from omemo._engine.backend import UNKNOWN_SPK_ID, KeyState
 from omemo.bundle import Bundle
 from omemo.message import Message
 from omemo.session import Initiation

@@ -12,7 +12,7 @@ import xml.etree.ElementTree as ET
 
 import twomemo
 import twomemo.etree
-from omemo._engine_backend import EngineSession
+from omemo._engine.backend import EngineSession
 from omemo.session import Initiation
 
 from .conftest import establish, make_device, receive, transmit

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-import omemo._engine_backend as engine_backend
-from omemo._engine_backend import EngineSession
+import omemo._engine.backend as engine_backend
+from omemo._engine.backend import EngineSession
 
 from .conftest import Device, establish, exchange
 

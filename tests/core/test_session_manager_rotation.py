@@ -14,7 +14,7 @@ from typing import Any, List, Optional, TypeVar
 
 import pytest
 
-from omemo import _session_manager_runtime as runtime
+from omemo import _runtime as runtime
 from omemo.testing import InMemoryXMPP
 from omemo.types import AsyncFramework
 

@@ -86,7 +86,7 @@ async def test_device_id_avoids_ids_taken_in_any_namespace(monkeypatch: pytest.M
     net = InMemoryXMPP()
     net.device_lists[(NS_B, JID)] = {5: None}
     draws = iter([4, 6])  # randbelow() + 1 -> 5 (taken), then 7
-    monkeypatch.setattr("omemo._session_manager_maintenance.secrets.randbelow", lambda _: next(draws))
+    monkeypatch.setattr("omemo._core.maintenance.secrets.randbelow", lambda _: next(draws))
     alice = await make_account(net, JID, (NS_A, NS_B))
     assert alice.device_id == 7
     assert set(net.device_lists[(NS_B, JID)]) == {5, 7}

@@ -27,8 +27,8 @@ import logging
 from collections.abc import Mapping
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
-from .storage import Storage
-from .types import DeviceList, SignedLabel
+from ..storage import Storage
+from ..types import DeviceList, SignedLabel
 
 __all__ = [
     "DeviceRecord",

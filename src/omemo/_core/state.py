@@ -29,14 +29,21 @@ import logging
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, AsyncIterator, Dict, FrozenSet, List, Optional, Tuple, cast
 
-from ._session_manager_devices import (
+from .._runtime import AsyncioRuntime, KeyedLocks, Lock, Runtime
+from ..backend import Backend
+from ..bundle import Bundle
+from ..message import Message
+from ..session import Initiation, Session
+from ..storage import Storage
+from ..types import DeviceInformation, DeviceList, SignedLabel, TrustLevel
+from .devices import (
     DeviceRecord,
     DeviceStore,
     HistorySyncQueue,
     PendingLabel,
     normalize_device_list,
 )
-from ._session_manager_errors import (
+from .errors import (
     BundleDownloadFailed,
     BundleNotFound,
     BundleRejected,
@@ -47,16 +54,9 @@ from ._session_manager_errors import (
     UnknownTrustLevel,
     XMPPInteractionFailed,
 )
-from ._session_manager_runtime import AsyncioRuntime, KeyedLocks, Lock, Runtime
-from .backend import Backend
-from .bundle import Bundle
-from .message import Message
-from .session import Initiation, Session
-from .storage import Storage
-from .types import DeviceInformation, DeviceList, SignedLabel, TrustLevel
 
 if TYPE_CHECKING:
-    from .session_manager import SessionManager
+    from ..session_manager import SessionManager
 
 __all__ = ["BUNDLE_ERRORS", "PRE_KEY_TARGET", "Core", "describe", "supports_labels"]
 

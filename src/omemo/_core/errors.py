@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import FrozenSet, NamedTuple
 
-from .types import OMEMOException
+from ..types import OMEMOException
 
 __all__ = [
     "BundleDeletionFailed",

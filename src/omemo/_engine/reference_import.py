@@ -6,13 +6,13 @@ their own (PROTOCOL.md 5.1): the X3DH state as pydantic JSON (bytes as strings w
 per byte), the id maps ``signed_pre_key_ids`` / ``pre_key_ids`` (standard base64 of the public key
 -> id), ``pre_key_id_counter``, the session index ``bare_jids`` / ``{bare_jid}/device_ids`` and
 per session ``{bare_jid}/{device_id}/...`` (initiation, key exchange, associated data, ratchet JSON,
-confirmed). Our :class:`~omemo._engine_backend.EngineBackend` keeps its state in ``keys`` and
+confirmed). Our :class:`~omemo._engine.backend.EngineBackend` keeps its state in ``keys`` and
 ``session/...`` instead, so without this module it would silently start over: new signed pre key,
 new pre keys, every session lost.
 
 When. :func:`adopt_reference_data` runs at most once per backend instance (an in-memory flag in
 the backend): when the backend first needs its key state and finds no ``keys`` record, when
-:meth:`~omemo._engine_backend.EngineBackend.load_session` first misses a session record, and before
+:meth:`~omemo._engine.backend.EngineBackend.load_session` first misses a session record, and before
 ``purge_bare_jid``. It imports only into a backend that has no key state of its own yet, so the
 import happens at most once per storage, and a storage where our backend already made keys is never
 mixed with reference sessions (their pre key ids would name our unrelated pre keys). Everything is
@@ -40,7 +40,7 @@ key without an id (never published) gets a fresh one. The identity key is not re
 record: it is shared through ``/ikp``. Sessions keep initiation, key exchange (ids and public keys),
 associated data, ratchet state including skipped message keys, and ``confirmed``. Pre-stable records
 (no ``version`` key: storage the reference Oldmemo migrated from python-omemo < 1.0 and never wrote
-again) are converted with :mod:`omemo._legacy_convert`.
+again) are converted with :mod:`omemo._engine.legacy_convert`.
 
 Corrupt data. Account-level records (``x3dh``, the id maps, the counter) that cannot be converted
 raise :class:`~omemo_engine.errors.InvalidState` naming the storage key: nothing is written, and the
@@ -65,15 +65,15 @@ from omemo_engine.errors import InvalidKey, InvalidSignature, InvalidState
 from omemo_engine.profile import Profile
 from omemo_engine.ratchet import RatchetState
 
-from . import _legacy_convert as legacy
-from ._engine_backend import MAX_ID, MAX_KEY_ID, KeyState, SignedPreKey
-from ._legacy_convert import int_in_range
-from ._session_manager_runtime import AsyncioRuntime, Lock, TwistedRuntime
-from .session import Initiation
-from .storage import Storage
+from .._runtime import AsyncioRuntime, Lock, TwistedRuntime
+from ..session import Initiation
+from ..storage import Storage
+from . import legacy_convert as legacy
+from .backend import MAX_ID, MAX_KEY_ID, KeyState, SignedPreKey
+from .legacy_convert import int_in_range
 
 if TYPE_CHECKING:
-    from ._engine_backend import EngineBackend
+    from .backend import EngineBackend
 
 __all__ = [
     "MARKER",

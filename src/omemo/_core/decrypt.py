@@ -18,8 +18,12 @@ from __future__ import annotations
 import logging
 from typing import List, Optional, Tuple
 
-from ._session_manager_core import Core, describe
-from ._session_manager_errors import (
+from ..backend import BackendException, DecryptionFailed, KeyExchangeFailed, TooManySkippedMessageKeys
+from ..bundle import Bundle
+from ..message import EncryptedKeyMaterial, KeyExchange, Message, PlainKeyMaterial
+from ..session import Initiation, Session
+from ..types import DeviceInformation, TrustLevel
+from .errors import (
     DeviceListDownloadFailed,
     MessageNotForUs,
     NoSession,
@@ -28,11 +32,7 @@ from ._session_manager_errors import (
     SenderNotFound,
     UnknownNamespace,
 )
-from .backend import BackendException, DecryptionFailed, KeyExchangeFailed, TooManySkippedMessageKeys
-from .bundle import Bundle
-from .message import EncryptedKeyMaterial, KeyExchange, Message, PlainKeyMaterial
-from .session import Initiation, Session
-from .types import DeviceInformation, TrustLevel
+from .state import Core, describe
 
 __all__ = ["decrypt"]
 

@@ -1,5 +1,5 @@
 """Pure conversions of legacy (pre-1.0) python-omemo data, for :mod:`oldmemo.migrations` and the
-reference-format import (:mod:`omemo._reference_import`, pre-stable records).
+reference-format import (:mod:`omemo._engine.reference_import`, pre-stable records).
 
 Theory of operation. The legacy stack (python-omemo < 1.0 with omemo-backend-signal, python-x3dh 0.5
 and python-doubleratchet 0.7) serialised its state as JSON objects whose keys are raw 32-byte
@@ -10,7 +10,7 @@ leave out single broken sessions (reference defect D7) instead of storing record
 
 - :func:`key_state` / :func:`x3dh_key_state` : the legacy X3DH state (identity key, signed pre key,
   one-time pre keys visible and hidden, id bookkeeping) -> identity scalar +
-  :class:`~omemo._engine_backend.KeyState`;
+  :class:`~omemo._engine.backend.KeyState`;
 - :func:`ratchet_state` : a legacy ``DoubleRatchet`` object -> :class:`~omemo_engine.ratchet.RatchetState`;
 - :func:`device_id` / :func:`bound_pre_keys` : device ids as ints, tolerating the decimal strings that
   JSON-backed legacy storages return (reference defect D5).
@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from omemo._engine_backend import MAX_ID, MAX_KEY_ID, KeyState, SignedPreKey
+from omemo._engine.backend import MAX_ID, MAX_KEY_ID, KeyState, SignedPreKey
 from omemo_engine import xeddsa
 from omemo_engine.errors import InvalidKey, InvalidSignature, InvalidState
 from omemo_engine.profile import LEGACY

@@ -47,12 +47,12 @@ from omemo_engine.errors import (
 from omemo_engine.profile import Profile
 from omemo_engine.ratchet import RatchetState
 
-from .backend import Backend, DecryptionFailed, KeyExchangeFailed, TooManySkippedMessageKeys
-from .bundle import Bundle
-from .identity_key_pair import IdentityKeyPair
-from .message import Content, EncryptedKeyMaterial, KeyExchange, PlainKeyMaterial
-from .session import Initiation, Session
-from .storage import Storage
+from ..backend import Backend, DecryptionFailed, KeyExchangeFailed, TooManySkippedMessageKeys
+from ..bundle import Bundle
+from ..identity_key_pair import IdentityKeyPair
+from ..message import Content, EncryptedKeyMaterial, KeyExchange, PlainKeyMaterial
+from ..session import Initiation, Session
+from ..storage import Storage
 
 __all__ = [
     "EngineBackend",
@@ -538,7 +538,7 @@ class EngineBackend(Backend):
         self._sessions: OrderedDict[
             tuple[str, int], tuple[Initiation, bool, EngineKeyExchange, RatchetState]
         ] = OrderedDict()
-        #: Whether the reference backend's data was imported or found absent (see _reference_import).
+        #: Whether the reference backend's data was imported or found absent (see reference_import).
         self._reference_checked = False
         #: Injectable for tests: the RNG and the clock used by this backend.
         self._random_bytes: Callable[[int], bytes] = os.urandom
@@ -583,9 +583,9 @@ class EngineBackend(Backend):
         return self._keys
 
     async def _adopt_reference_data(self) -> None:
-        """Import the reference backend's records once (:mod:`omemo._reference_import`)."""
+        """Import the reference backend's records once (:mod:`omemo._engine.reference_import`)."""
         if not self._reference_checked:
-            from ._reference_import import adopt_reference_data  # that module imports this one
+            from .reference_import import adopt_reference_data  # that module imports this one
 
             await adopt_reference_data(self)
             self._reference_checked = True
@@ -933,7 +933,7 @@ class EngineBackend(Backend):
     # -- data management --------------------------------------------------------------------------------
 
     async def purge(self) -> None:
-        from ._reference_import import MARKER, delete_reference_data
+        from .reference_import import MARKER, delete_reference_data
 
         await delete_reference_data(self._storage, self.namespace)
         index = await self._session_index()
@@ -945,7 +945,7 @@ class EngineBackend(Backend):
         self.invalidate_caches()
 
     async def purge_bare_jid(self, bare_jid: str) -> None:
-        from ._reference_import import delete_reference_sessions
+        from .reference_import import delete_reference_sessions
 
         await self._adopt_reference_data()  # so that imported sessions are purged, not imported later
         await delete_reference_sessions(self._storage, self.namespace, bare_jid)

@@ -17,9 +17,9 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from ._session_manager_core import Core
-from ._session_manager_errors import BundleUploadFailed
-from .backend import Backend
+from ..backend import Backend
+from .errors import BundleUploadFailed
+from .state import Core
 
 __all__ = ["RETRY_DELAY_INITIAL", "RETRY_DELAY_MAX", "SLACK", "rotation_loop", "upload_with_retry"]
 

@@ -25,8 +25,12 @@ from __future__ import annotations
 import logging
 from typing import Dict, FrozenSet, List, Optional, Set, Tuple
 
-from ._session_manager_core import BUNDLE_ERRORS, Core, describe
-from ._session_manager_errors import (
+from ..backend import Backend, KeyExchangeFailed
+from ..bundle import Bundle
+from ..message import Content, EncryptedKeyMaterial, KeyExchange, Message, PlainKeyMaterial
+from ..session import Initiation, Session
+from ..types import DeviceInformation, TrustLevel
+from .errors import (
     DeviceListDownloadFailed,
     DeviceListUploadFailed,
     EncryptionError,
@@ -34,11 +38,7 @@ from ._session_manager_errors import (
     StillUndecided,
     UnknownNamespace,
 )
-from .backend import Backend, KeyExchangeFailed
-from .bundle import Bundle
-from .message import Content, EncryptedKeyMaterial, KeyExchange, Message, PlainKeyMaterial
-from .session import Initiation, Session
-from .types import DeviceInformation, TrustLevel
+from .state import BUNDLE_ERRORS, Core, describe
 
 __all__ = ["encrypt"]
 

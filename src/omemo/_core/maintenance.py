@@ -3,7 +3,7 @@
 These are the implementations behind :meth:`~omemo.session_manager.SessionManager.create` (first run and
 backend set-up), ``purge_backend``, ``purge_bare_jid``, ``ensure_data_consistency``,
 ``replace_sessions``, ``get_sending_chain_length`` and ``after_history_sync``; the public class
-documents them. They follow the locking rules of ``_session_manager_core``.
+documents them. They follow the locking rules of :mod:`omemo._core.state`.
 """
 
 from __future__ import annotations
@@ -12,16 +12,16 @@ import logging
 import secrets
 from typing import Dict, List, Optional, Tuple
 
-from ._session_manager_core import Core, describe
-from ._session_manager_errors import (
+from ..bundle import Bundle
+from ..message import Message
+from ..types import DeviceInformation, OMEMOException
+from .errors import (
     BundleDownloadFailed,
     BundleNotFound,
     MessageSendingFailed,
     UnknownNamespace,
 )
-from .bundle import Bundle
-from .message import Message
-from .types import DeviceInformation, OMEMOException
+from .state import Core, describe
 
 __all__ = [
     "after_history_sync",
