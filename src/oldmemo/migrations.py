@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, TypedDict
 
 from omemo._engine import legacy_convert as convert
-from omemo._engine.backend import UNKNOWN_SPK_ID
+from omemo._engine.records import UNKNOWN_SPK_ID
 from omemo.session import Initiation
 from omemo.session_manager import BundleDownloadFailed, BundleNotFound
 from omemo.storage import Storage

@@ -29,6 +29,7 @@ __all__ = [
     "KeyedLocks",
     "Lock",
     "Runtime",
+    "lock_for_running_framework",
     "make_runtime",
     "twisted_reactor",
 ]
@@ -218,6 +219,29 @@ def make_runtime(framework: AsyncFramework) -> Runtime:
     if framework is AsyncFramework.TWISTED:
         return TwistedRuntime()
     raise ValueError(f"unsupported async framework: {framework!r}")
+
+
+class _NoLock:
+    async def acquire(self) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+
+def lock_for_running_framework() -> Lock:
+    """A lock for whatever drives the calling coroutine: asyncio inside an asyncio task, else Twisted
+    if it is installed (for code that does not know the session manager's framework)."""
+    try:
+        in_asyncio_task = asyncio.current_task() is not None
+    except RuntimeError:  # no running event loop
+        in_asyncio_task = False
+    if in_asyncio_task:
+        return AsyncioRuntime().new_lock()
+    try:
+        return TwistedRuntime().new_lock()
+    except ImportError:  # pragma: no cover - neither asyncio nor Twisted drives this coroutine
+        return _NoLock()
 
 
 class _Entry:

@@ -23,7 +23,8 @@ import oldmemo.oldmemo
 import twomemo
 import twomemo.etree
 import twomemo.twomemo
-from omemo._engine.backend import EngineBackend, KeyState, SignedPreKey
+from omemo._engine.backend import EngineBackend
+from omemo._engine.records import KeyState, SignedPreKey
 from omemo.message import Message
 from omemo.session import Initiation
 from omemo.storages import MemoryStorage

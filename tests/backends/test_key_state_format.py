@@ -10,7 +10,7 @@ import base64
 
 import pytest
 
-from omemo._engine.backend import KeyState, SignedPreKey
+from omemo._engine.records import KeyState, SignedPreKey
 from omemo_engine.errors import InvalidState
 
 

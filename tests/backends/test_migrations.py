@@ -50,7 +50,7 @@ from omemo import (
     UnknownTrustLevel,
 )
 from omemo._engine import legacy_convert as convert
-from omemo._engine.backend import UNKNOWN_SPK_ID, KeyState
+from omemo._engine.records import UNKNOWN_SPK_ID, KeyState
 from omemo.bundle import Bundle
 from omemo.message import Message
 from omemo.session import Initiation

@@ -40,7 +40,8 @@ import twomemo.etree
 from interop.harness import NS_OLDMEMO, NS_TWOMEMO, Network, Peer, Stanza, exchange
 from interop.refenv import reference_python_or_skip
 from omemo import Backend, DeviceInformation, Maybe, SessionManager, TrustLevel
-from omemo._engine.backend import EngineBackend, KeyState
+from omemo._engine.backend import EngineBackend
+from omemo._engine.records import KeyState
 from omemo._engine.reference_import import MARKER, convert_keys
 from omemo.message import Message
 from omemo.session import Initiation

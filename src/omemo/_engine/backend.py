@@ -26,15 +26,15 @@ The identity key pair is not copied into the backend's records: it is read throu
 
 from __future__ import annotations
 
-import base64
+import logging
 import os
 import struct
 import time
 from abc import abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Optional, Tuple
+from dataclasses import replace
+from typing import ClassVar, Optional, Tuple
 
 from omemo_engine import ratchet, x3dh, xeddsa
 from omemo_engine.errors import (
@@ -47,12 +47,22 @@ from omemo_engine.errors import (
 from omemo_engine.profile import Profile
 from omemo_engine.ratchet import RatchetState
 
+from .._runtime import Lock, lock_for_running_framework
 from ..backend import Backend, DecryptionFailed, KeyExchangeFailed, TooManySkippedMessageKeys
 from ..bundle import Bundle
 from ..identity_key_pair import IdentityKeyPair
 from ..message import Content, EncryptedKeyMaterial, KeyExchange, PlainKeyMaterial
 from ..session import Initiation, Session
 from ..storage import Storage
+from .records import MAX_ID, UNKNOWN_SPK_ID, KeyState, SignedPreKey
+from .reference_import import (
+    MARKER,
+    delete_reference_data,
+    delete_reference_sessions,
+    load_reference_keys,
+    load_reference_sessions,
+    marker_record,
+)
 
 __all__ = [
     "EngineBackend",
@@ -61,25 +71,14 @@ __all__ = [
     "EngineKeyExchange",
     "EnginePlainKeyMaterial",
     "EngineSession",
-    "KeyState",
 ]
 
-#: Largest id of the pre keys and signed pre keys we generate (1 .. 2^31 - 1, like device ids, so
-#: that clients storing ids in a signed 32-bit integer read ours). Other devices' ids may be anything
-#: in 0 .. 2^32 - 1 (protobuf uint32; Converse starts at 0): :data:`MAX_KEY_ID`.
-MAX_ID = 2**31 - 1
-#: Largest pre key / signed pre key id of another device (protobuf uint32).
-MAX_KEY_ID = 2**32 - 1
+_log = logging.getLogger(__name__)
+
 #: How many sessions a backend keeps decoded in memory (least recently used dropped first).
 SESSION_CACHE_SIZE = 4096
-#: A signed pre key id of migrated legacy sessions whose original id is unknown.
-UNKNOWN_SPK_ID = -1
 
-#: Key state records: version 1 kept every pre key as two base64 strings; version 2 packs the
-#: pre keys into one base64 blob of fixed-size entries (ten times faster to load). Both are read.
-_KEY_STATE_VERSION = 2
 _TAG_LENGTH = 16
-_PRE_KEY_ENTRY = struct.Struct(">I32s32s")
 #: Session records: version 1 stored the key exchange's pre key and signed pre key ids as signed
 #: 32-bit integers (-1: signed pre key id unknown); version 2 stores them unsigned, so that any
 #: uint32 id of another device fits, with the flag :data:`_SPK_ID_UNKNOWN`. Both are read.
@@ -87,16 +86,6 @@ _SESSION_VERSION = 2
 _SESSION_HEADER = struct.Struct(">BBBII32s32sB")
 _SESSION_HEADER_V1 = struct.Struct(">BBBii32s32sB")
 _HAS_SPK, _HAS_PK, _SPK_ID_UNKNOWN = 1, 2, 4
-
-
-def _b64(value: bytes) -> str:
-    return base64.b64encode(value).decode("ascii")
-
-
-def _unb64(value: Any) -> bytes:
-    if not isinstance(value, str):
-        raise InvalidState("key state record holds a non-string where base64 was expected")
-    return base64.b64decode(value, validate=True)
 
 
 # -- value classes exposed through the python-omemo API -------------------------------------------
@@ -383,101 +372,6 @@ class EngineSession(Session):
         )
 
 
-# -- the device's own key state ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SignedPreKey:
-    """A signed pre key: id, private key, public key, plain Ed25519 signature, creation time."""
-
-    key_id: int
-    priv: bytes = field(repr=False)
-    pub: bytes
-    signature: bytes
-    timestamp: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.key_id,
-            "priv": _b64(self.priv),
-            "pub": _b64(self.pub),
-            "sig": _b64(self.signature),
-            "time": self.timestamp,
-        }
-
-    @classmethod
-    def from_json(cls, data: Any) -> SignedPreKey:
-        return cls(data["id"], _unb64(data["priv"]), _unb64(data["pub"]), _unb64(data["sig"]), data["time"])
-
-
-@dataclass(frozen=True, slots=True)
-class KeyState:
-    """The device's own keys in one namespace. Immutable; changes produce a new record.
-
-    Attributes:
-        signed_pre_key: the current signed pre key.
-        old_signed_pre_key: the previous one, kept one rotation period for late key exchanges.
-        pre_keys: visible one-time pre keys: id -> (private, public).
-        hidden_pre_keys: used but still usable pre keys (history synchronisation): id -> (priv, pub).
-        next_pre_key_id: the next unused pre-key id (ids are never reused).
-    """
-
-    signed_pre_key: SignedPreKey
-    old_signed_pre_key: Optional[SignedPreKey]
-    pre_keys: Mapping[int, tuple[bytes, bytes]] = field(repr=False)
-    hidden_pre_keys: Mapping[int, tuple[bytes, bytes]] = field(repr=False)
-    next_pre_key_id: int
-
-    def to_json(self) -> dict[str, Any]:
-        def keys(mapping: Mapping[int, tuple[bytes, bytes]]) -> str:
-            return _b64(b"".join(_PRE_KEY_ENTRY.pack(k, priv, pub) for k, (priv, pub) in mapping.items()))
-
-        return {
-            "version": _KEY_STATE_VERSION,
-            "spk": self.signed_pre_key.to_json(),
-            "old_spk": None if self.old_signed_pre_key is None else self.old_signed_pre_key.to_json(),
-            "pre_keys": keys(self.pre_keys),
-            "hidden": keys(self.hidden_pre_keys),
-            "next_pre_key_id": self.next_pre_key_id,
-        }
-
-    @classmethod
-    def from_json(cls, data: Any) -> KeyState:
-        """Load a record written by :meth:`to_json`.
-
-        Raises:
-            InvalidState: the record is corrupt or of an unknown version.
-        """
-        try:
-            version = data.get("version")
-            if version == 1:
-
-                def keys(mapping: Any) -> dict[int, tuple[bytes, bytes]]:
-                    return {int(k): (_unb64(v[0]), _unb64(v[1])) for k, v in mapping.items()}
-
-            elif version == _KEY_STATE_VERSION:
-
-                def keys(mapping: Any) -> dict[int, tuple[bytes, bytes]]:
-                    blob = _unb64(mapping)
-                    if len(blob) % _PRE_KEY_ENTRY.size:
-                        raise ValueError("pre key blob has a partial entry")
-                    return {k: (priv, pub) for k, priv, pub in _PRE_KEY_ENTRY.iter_unpack(blob)}
-
-            else:
-                raise InvalidState(f"unknown key state version {version!r}")
-
-            old = data["old_spk"]
-            return cls(
-                SignedPreKey.from_json(data["spk"]),
-                None if old is None else SignedPreKey.from_json(old),
-                keys(data["pre_keys"]),
-                keys(data["hidden"]),
-                int(data["next_pre_key_id"]),
-            )
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-            raise InvalidState(f"the stored key state is corrupt ({exc.__class__.__name__})") from None
-
-
 # -- session records ----------------------------------------------------------------------------------
 
 
@@ -540,6 +434,8 @@ class EngineBackend(Backend):
         ] = OrderedDict()
         #: Whether the reference backend's data was imported or found absent (see reference_import).
         self._reference_checked = False
+        #: Serialises concurrent adoptions of the reference data (made on first use).
+        self._adoption_lock: Optional[Lock] = None
         #: Injectable for tests: the RNG and the clock used by this backend.
         self._random_bytes: Callable[[int], bytes] = os.urandom
         self._clock: Callable[[], float] = time.time
@@ -583,12 +479,70 @@ class EngineBackend(Backend):
         return self._keys
 
     async def _adopt_reference_data(self) -> None:
-        """Import the reference backend's records once (:mod:`omemo._engine.reference_import`)."""
-        if not self._reference_checked:
-            from .reference_import import adopt_reference_data  # that module imports this one
+        """Import the reference backend's data into our records, once per storage
+        (:mod:`.reference_import` has the theory).
 
-            await adopt_reference_data(self)
-            self._reference_checked = True
+        Does nothing (and writes nothing) if the marker exists, if the backend has a key state of its
+        own already, or if there is no reference ``x3dh`` record, so a call costs at most three loads.
+        After an import the marker records what was imported and which sessions were left out.
+        Concurrent calls are serialised by a lock per instance (e.g. the signed pre key rotation task
+        and a decryption at start-up: importing twice could overwrite a session used in between);
+        once one has finished, later calls return at once.
+
+        Raises:
+            InvalidState: the reference key records are corrupt (nothing was written; the message names
+                the storage key). Corrupt sessions do not raise: they are logged and left out.
+            StorageException: forwarded from the storage.
+        """
+        if self._reference_checked:
+            return
+        if self._adoption_lock is None:
+            self._adoption_lock = lock_for_running_framework()
+        await self._adoption_lock.acquire()
+        try:
+            if not self._reference_checked:
+                await self._import_reference_data()
+                self._reference_checked = True
+        finally:
+            self._adoption_lock.release()
+
+    async def _import_reference_data(self) -> None:
+        """The work of :meth:`_adopt_reference_data`, under its lock."""
+        storage = self._storage
+        prefix = self._prefix
+        if (await storage.load(prefix + MARKER)).is_just or (await storage.load(prefix + "keys")).is_just:
+            return  # imported before, or the backend has keys of its own: never mix the two
+        identity_priv, identity_key = await self._identity_key_pair()
+        converted = await load_reference_keys(
+            storage, self.PROFILE, identity_priv, identity_key, self._random_bytes
+        )
+        if converted is None:
+            return  # no reference data (a fresh account): our keys are made as usual
+        sessions, skipped = await load_reference_sessions(storage, self.namespace)
+        for ref in sessions:
+            if (await storage.load_bytes(self._session_key(ref.bare_jid, ref.device_id))).is_just:
+                continue  # written by an earlier, interrupted import
+            kex = self.KEY_EXCHANGE(
+                ref.identity_key,
+                ref.ephemeral_key,
+                ref.signed_pre_key_id,
+                ref.pre_key_id,
+                ref.signed_pre_key,
+                ref.pre_key,
+            )
+            await self.store_session(
+                self.SESSION(ref.bare_jid, ref.device_id, ref.initiation, kex, ref.state, ref.confirmed)
+            )
+        await self._store_keys(converted.keys)
+        await storage.store(prefix + MARKER, marker_record(converted, len(sessions), skipped))
+        _log.info(
+            "imported the reference %s data: signed pre key %d, %d pre keys, %d session(s)%s",
+            self.namespace,
+            converted.keys.signed_pre_key.key_id,
+            len(converted.keys.pre_keys),
+            len(sessions),
+            f", {len(skipped)} left out" if skipped else "",
+        )
 
     async def _store_keys(self, keys: KeyState) -> None:
         await self._storage.store(self._prefix + "keys", keys.to_json())
@@ -933,8 +887,6 @@ class EngineBackend(Backend):
     # -- data management --------------------------------------------------------------------------------
 
     async def purge(self) -> None:
-        from .reference_import import MARKER, delete_reference_data
-
         await delete_reference_data(self._storage, self.namespace)
         index = await self._session_index()
         for bare_jid in list(index):
@@ -945,8 +897,6 @@ class EngineBackend(Backend):
         self.invalidate_caches()
 
     async def purge_bare_jid(self, bare_jid: str) -> None:
-        from .reference_import import delete_reference_sessions
-
         await self._adopt_reference_data()  # so that imported sessions are purged, not imported later
         await delete_reference_sessions(self._storage, self.namespace, bare_jid)
         index = await self._session_index()

@@ -29,11 +29,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from omemo._engine.backend import MAX_ID, MAX_KEY_ID, KeyState, SignedPreKey
 from omemo_engine import xeddsa
 from omemo_engine.errors import InvalidKey, InvalidSignature, InvalidState
 from omemo_engine.profile import LEGACY
 from omemo_engine.ratchet import RatchetState
+
+from .records import MAX_ID, MAX_KEY_ID, KeyState, SignedPreKey
 
 __all__ = [
     "AD_HALF_PREFIX",

@@ -10,7 +10,8 @@ confirmed). Our :class:`~omemo._engine.backend.EngineBackend` keeps its state in
 ``session/...`` instead, so without this module it would silently start over: new signed pre key,
 new pre keys, every session lost.
 
-When. :func:`adopt_reference_data` runs at most once per backend instance (an in-memory flag in
+When. The backend's adoption (``EngineBackend._adopt_reference_data``, which uses this module's loaders
+and converters) runs at most once per backend instance (an in-memory flag in
 the backend): when the backend first needs its key state and finds no ``keys`` record, when
 :meth:`~omemo._engine.backend.EngineBackend.load_session` first misses a session record, and before
 ``purge_bare_jid``. It imports only into a backend that has no key state of its own yet, so the
@@ -51,41 +52,35 @@ its reference records stay, and the other device's next key exchange builds a ne
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import logging
-import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 from omemo_engine import xeddsa
 from omemo_engine.errors import InvalidKey, InvalidSignature, InvalidState
 from omemo_engine.profile import Profile
 from omemo_engine.ratchet import RatchetState
 
-from .._runtime import AsyncioRuntime, Lock, TwistedRuntime
 from ..session import Initiation
 from ..storage import Storage
 from . import legacy_convert as legacy
-from .backend import MAX_ID, MAX_KEY_ID, KeyState, SignedPreKey
 from .legacy_convert import int_in_range
-
-if TYPE_CHECKING:
-    from .backend import EngineBackend
+from .records import MAX_ID, MAX_KEY_ID, KeyState, SignedPreKey
 
 __all__ = [
     "MARKER",
     "ConvertedKeys",
     "ReferenceSession",
-    "adopt_reference_data",
     "convert_keys",
     "convert_ratchet",
     "delete_reference_data",
     "delete_reference_sessions",
     "load_reference_keys",
     "load_reference_sessions",
+    "marker_record",
 ]
 
 _log = logging.getLogger(__name__)
@@ -604,114 +599,17 @@ async def load_reference_sessions(
     return sessions, skipped
 
 
-# -- orchestration -----------------------------------------------------------------------------------------
-
-
-class _NoLock:
-    async def acquire(self) -> None:
-        pass
-
-    def release(self) -> None:
-        pass
-
-
-def _new_lock() -> Lock:
-    """A lock for the running framework: asyncio inside an asyncio task, else Twisted if present."""
-    try:
-        in_asyncio_task = asyncio.current_task() is not None
-    except RuntimeError:  # no running event loop
-        in_asyncio_task = False
-    if in_asyncio_task:
-        return AsyncioRuntime().new_lock()
-    try:
-        return TwistedRuntime().new_lock()
-    except ImportError:  # pragma: no cover - neither asyncio nor Twisted drives this coroutine
-        return _NoLock()
-
-
-#: One lock per backend instance, held while the import runs: concurrent callers (e.g. the signed
-#: pre key rotation task and a decryption at start-up) wait for it instead of importing again,
-#: which could overwrite a session that was used in between with its imported state.
-_LOCKS: weakref.WeakKeyDictionary[EngineBackend, Lock] = weakref.WeakKeyDictionary()
-
-
-async def adopt_reference_data(backend: EngineBackend) -> None:
-    """Import the reference backend's data into ``backend``'s records, once per storage.
-
-    Does nothing (and writes nothing) if the marker exists, if the backend has a key state of its
-    own already, or if there is no reference ``x3dh`` record, so a call costs at most three loads.
-    After an import the marker records what was imported and which sessions were left out. See the
-    module docstring for the conversion. Concurrent calls for one backend are serialised; once one
-    has finished, ``backend._reference_checked`` is set and later calls return at once.
-
-    Args:
-        backend: the backend (its storage, profile, identity and session classes are used).
-
-    Raises:
-        InvalidState: the reference key records are corrupt (nothing was written; the message names
-            the storage key). Corrupt sessions do not raise: they are logged and left out.
-        StorageException: forwarded from the storage.
-    """
-    lock = _LOCKS.get(backend)
-    if lock is None:
-        lock = _LOCKS[backend] = _new_lock()
-    await lock.acquire()
-    try:
-        if not backend._reference_checked:
-            await _adopt(backend)
-            backend._reference_checked = True
-    finally:
-        lock.release()
-
-
-async def _adopt(backend: EngineBackend) -> None:
-    """The work of :func:`adopt_reference_data`, under its lock."""
-    storage = backend._storage
-    prefix = backend._prefix
-    if (await storage.load(prefix + MARKER)).is_just or (await storage.load(prefix + "keys")).is_just:
-        return  # imported before, or the backend has keys of its own: never mix the two
-    identity_priv, identity_key = await backend._identity_key_pair()
-    converted = await load_reference_keys(
-        storage, backend.PROFILE, identity_priv, identity_key, backend._random_bytes
-    )
-    if converted is None:
-        return  # no reference data (a fresh account): our keys are made as usual
-    sessions, skipped = await load_reference_sessions(storage, backend.namespace)
-    for ref in sessions:
-        if (await storage.load_bytes(backend._session_key(ref.bare_jid, ref.device_id))).is_just:
-            continue  # written by an earlier, interrupted import
-        kex = backend.KEY_EXCHANGE(
-            ref.identity_key,
-            ref.ephemeral_key,
-            ref.signed_pre_key_id,
-            ref.pre_key_id,
-            ref.signed_pre_key,
-            ref.pre_key,
-        )
-        await backend.store_session(
-            backend.SESSION(ref.bare_jid, ref.device_id, ref.initiation, kex, ref.state, ref.confirmed)
-        )
-    await backend._store_keys(converted.keys)
-    await storage.store(
-        prefix + MARKER,
-        {
-            "version": _MARKER_VERSION,
-            "sessions": len(sessions),
-            "skipped": skipped,
-            "signed_pre_key_id": converted.keys.signed_pre_key.key_id,
-            "pre_keys": len(converted.keys.pre_keys),
-            "resigned": list(converted.resigned),
-            "renumbered_pre_keys": converted.renumbered_pre_keys,
-        },
-    )
-    _log.info(
-        "imported the reference %s data: signed pre key %d, %d pre keys, %d session(s)%s",
-        backend.namespace,
-        converted.keys.signed_pre_key.key_id,
-        len(converted.keys.pre_keys),
-        len(sessions),
-        f", {len(skipped)} left out" if skipped else "",
-    )
+def marker_record(converted: ConvertedKeys, sessions: int, skipped: list[str]) -> dict[str, Any]:
+    """The marker stored after an import: what was imported and what was left out."""
+    return {
+        "version": _MARKER_VERSION,
+        "sessions": sessions,
+        "skipped": skipped,
+        "signed_pre_key_id": converted.keys.signed_pre_key.key_id,
+        "pre_keys": len(converted.keys.pre_keys),
+        "resigned": list(converted.resigned),
+        "renumbered_pre_keys": converted.renumbered_pre_keys,
+    }
 
 
 async def delete_reference_sessions(storage: Storage, namespace: str, bare_jid: str) -> None:
