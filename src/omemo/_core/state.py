@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, AsyncIterator, Dict, FrozenSet, List, Optional, Tuple, cast
+from typing import AsyncIterator, Dict, FrozenSet, List, Optional, Protocol, Tuple, cast
 
 from .._runtime import AsyncioRuntime, KeyedLocks, Lock, Runtime
 from ..backend import Backend
@@ -55,10 +55,7 @@ from .errors import (
     XMPPInteractionFailed,
 )
 
-if TYPE_CHECKING:
-    from ..session_manager import SessionManager
-
-__all__ = ["BUNDLE_ERRORS", "PRE_KEY_TARGET", "Core", "describe", "supports_labels"]
+__all__ = ["BUNDLE_ERRORS", "PRE_KEY_TARGET", "Core", "Hooks", "describe", "supports_labels"]
 
 _log = logging.getLogger("omemo.core")
 
@@ -76,12 +73,33 @@ def supports_labels(backend: Backend) -> bool:
     return bool(getattr(backend, "supports_labels", False))
 
 
+class Hooks(Protocol):
+    """What the core uses of :class:`omemo.session_manager.SessionManager`: the application's XMPP and
+    trust hooks and three class constants. The session manager passes itself; typing it by this
+    Protocol keeps the import arrow pointing from the public facade down to the core."""
+
+    STALENESS_MAGIC_NUMBER: int
+    DEVICE_ID_MIN: int
+    DEVICE_ID_MAX: int
+
+    async def _upload_bundle(self, bundle: Bundle) -> None: ...
+    async def _download_bundle(self, namespace: str, bare_jid: str, device_id: int) -> Bundle: ...
+    async def _delete_bundle(self, namespace: str, device_id: int) -> None: ...
+    async def _upload_device_list(self, namespace: str, device_list: DeviceList) -> None: ...
+    async def _download_device_list(self, namespace: str, bare_jid: str) -> DeviceList: ...
+    async def _send_message(self, message: Message, bare_jid: str) -> None: ...
+    async def _evaluate_custom_trust_level(self, device: DeviceInformation) -> TrustLevel: ...
+    async def _make_trust_decision(
+        self, undecided: FrozenSet[DeviceInformation], identifier: Optional[str]
+    ) -> None: ...
+
+
 class Core:
     """The state and the shared steps of one session manager instance."""
 
     def __init__(
         self,
-        manager: SessionManager,
+        manager: Hooks,
         storage: Storage,
         backends: List[Backend],
         own_bare_jid: str,
