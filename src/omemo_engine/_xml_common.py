@@ -7,7 +7,8 @@ signedPreKeyId>``, ``<pk id>`` / ``<preKeyPublic preKeyId>``...) and the same pa
 strict about meaning, tolerant about form (see :mod:`.xml_omemo2`). This module holds that contract
 once: the id, boolean and base64 parsers, the error reporting, the scan for single children, the
 head of ``<encrypted>`` and the pre-key list loop, each parameterised by the qualified tags and
-attribute names of a namespace, plus the checks of the value objects. The codecs keep their element
+attribute names of a namespace, plus the checks of the value objects and :class:`PreKey`, the one value
+object both namespaces share (re-exported by both codecs). The codecs keep their element
 names, value objects and public API; they import these helpers under private names (``_parse_id``...).
 
 Errors: the parsing helpers raise :class:`~omemo_engine.errors.MalformedXML` with a message
@@ -27,13 +28,11 @@ import binascii
 import re
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, NoReturn, cast
+from dataclasses import dataclass
+from typing import Final, NoReturn, cast
 from xml.etree.ElementTree import Element
 
 from .errors import MalformedXML
-
-if TYPE_CHECKING:
-    from .xml_omemo2 import PreKey
 
 __all__ = [
     "ANY_LENGTH",
@@ -42,7 +41,9 @@ __all__ = [
     "MIN_ID",
     "MIN_KEY_ID",
     "NON_EMPTY",
+    "PUBLIC_KEY_LENGTH",
     "KeyConverter",
+    "PreKey",
     "b64_text",
     "b64decode",
     "b64decode_portable",
@@ -73,6 +74,8 @@ MAX_ID: Final = 2**31 - 1
 MIN_KEY_ID: Final = 0
 #: Largest valid signed pre-key / pre-key id: the ``uint32`` range of the key exchange.
 MAX_KEY_ID: Final = 2**32 - 1
+#: Length of an X25519 key (and of an Ed25519 identity key) without any type byte.
+PUBLIC_KEY_LENGTH: Final = 32
 
 #: :func:`b64_text` length for texts that must not be empty (ciphertexts of unspecified length).
 NON_EMPTY: Final = -1
@@ -207,7 +210,6 @@ def parse_pre_keys(
     attribute: str,
     length: int,
     convert: KeyConverter | None,
-    pre_key: type[PreKey],
 ) -> tuple[PreKey, ...]:
     """Parse the pre-keys of a bundle's ``<prekeys>``.
 
@@ -219,8 +221,6 @@ def parse_pre_keys(
         length: The length of a child's base64-decoded text.
         convert: Makes the key of that text (given the text, the child's path and its id), or ``None``
             when the text is the key.
-        pre_key: The value class to build, :class:`~omemo_engine.xml_omemo2.PreKey` (passed in because
-            that module imports this one).
 
     Returns:
         The pre-keys in document order.
@@ -245,7 +245,7 @@ def parse_pre_keys(
         pub = b64_text(child, child_where, length, pre_key_id)
         if convert is not None:
             pub = convert(pub, child_where, pre_key_id)
-        append(pre_key(pre_key_id=pre_key_id, pub=pub))
+        append(PreKey(pre_key_id=pre_key_id, pub=pub))
     return tuple(pre_keys)
 
 
@@ -354,6 +354,30 @@ def b64_text(element: Element, where: str, length: int, ident: int | None = None
 def b64encode(data: bytes) -> str:
     """Standard base64 with padding, no newline."""
     return binascii.b2a_base64(data, newline=False).decode("ascii")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The value object both codecs share
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PreKey:
+    """One public one-time pre-key of a bundle.
+
+    Attributes:
+        pre_key_id: The pre-key id, 0..2^32-1.
+        pub: The 32-byte X25519 public key (without any type byte).
+    """
+
+    pre_key_id: int
+    pub: bytes
+
+    def __post_init__(self) -> None:
+        # Inlined checks: bundles carry ~100 pre-keys and this runs for each of them.
+        if not MIN_KEY_ID <= self.pre_key_id <= MAX_KEY_ID:
+            check_id("pre_key_id", self.pre_key_id, MIN_KEY_ID, MAX_KEY_ID)
+        if len(self.pub) != PUBLIC_KEY_LENGTH:
+            check_length("pub", self.pub, PUBLIC_KEY_LENGTH)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ from typing import Final
 from xml.etree.ElementTree import Element, SubElement
 
 from ._xml_common import ANY_LENGTH as _ANY_LENGTH
+from ._xml_common import MAX_ID, MAX_KEY_ID, MIN_ID, MIN_KEY_ID, PUBLIC_KEY_LENGTH, PreKey
 from ._xml_common import NON_EMPTY as _NON_EMPTY
 from ._xml_common import b64_text as _b64_text
 from ._xml_common import b64encode as _b64encode
@@ -64,7 +65,7 @@ from ._xml_common import parse_pre_keys as _parse_pre_keys
 from ._xml_common import required_children as _required_children
 from ._xml_common import where_id as _where_id
 from .errors import MalformedXML
-from .xml_omemo2 import MAX_ID, MAX_KEY_ID, MIN_ID, MIN_KEY_ID, PUBLIC_KEY_LENGTH, SIGNATURE_LENGTH, PreKey
+from .xml_omemo2 import SIGNATURE_LENGTH
 
 __all__ = [
     "IV_LENGTHS",
@@ -282,7 +283,7 @@ def parse_bundle(element: Element) -> Bundle:
     _check_root(element, _BUNDLE, "bundle")
     spk, spks, ik, prekeys = _required_children(element, "<bundle>", _BUNDLE_CHILDREN)
     pre_keys = _parse_pre_keys(
-        prekeys, "<bundle><prekeys>", _PK, "preKeyId", SERIALIZED_PUBLIC_KEY_LENGTH, _strip_type_byte, PreKey
+        prekeys, "<bundle><prekeys>", _PK, "preKeyId", SERIALIZED_PUBLIC_KEY_LENGTH, _strip_type_byte
     )
     return Bundle(
         signed_pre_key_id=_parse_id(

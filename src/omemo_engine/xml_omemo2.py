@@ -51,7 +51,7 @@ from xml.etree.ElementTree import Element, SubElement
 
 from . import _xml_common
 from ._xml_common import ANY_LENGTH as _ANY_LENGTH
-from ._xml_common import MAX_ID, MAX_KEY_ID, MIN_ID, MIN_KEY_ID
+from ._xml_common import MAX_ID, MAX_KEY_ID, MIN_ID, MIN_KEY_ID, PUBLIC_KEY_LENGTH, PreKey
 from ._xml_common import NON_EMPTY as _NON_EMPTY
 from ._xml_common import b64_text as _b64_text
 from ._xml_common import b64encode as _b64encode
@@ -95,8 +95,6 @@ NAMESPACE: Final = "urn:xmpp:omemo:2"
 # MIN_ID and MAX_ID (device ids are 1..2^31-1, XEP-0384) and MIN_KEY_ID and MAX_KEY_ID (signed pre-key and
 # pre-key ids are 0..2^32-1, protobuf uint32) are defined in _xml_common, with the id parser.
 
-#: Length of an Ed25519 identity key, an X25519 signed pre-key or an X25519 pre-key.
-PUBLIC_KEY_LENGTH: Final = 32
 #: Length of an Ed25519/XEdDSA signature (signed pre-key signature, label signature).
 SIGNATURE_LENGTH: Final = 64
 
@@ -147,26 +145,6 @@ class DeviceListEntry:
         _check_id("device_id", self.device_id)
         if self.label_signature is not None:
             _check_length("label_signature", self.label_signature, SIGNATURE_LENGTH)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PreKey:
-    """One public one-time pre-key of a bundle.
-
-    Attributes:
-        pre_key_id: The pre-key id, 0..2^32-1.
-        pub: The 32-byte X25519 public key (without any type byte).
-    """
-
-    pre_key_id: int
-    pub: bytes
-
-    def __post_init__(self) -> None:
-        # Inlined checks: bundles carry ~100 pre-keys and this runs for each of them.
-        if not MIN_KEY_ID <= self.pre_key_id <= MAX_KEY_ID:
-            _check_id("pre_key_id", self.pre_key_id, MIN_KEY_ID, MAX_KEY_ID)
-        if len(self.pub) != PUBLIC_KEY_LENGTH:
-            _check_length("pub", self.pub, PUBLIC_KEY_LENGTH)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -337,7 +315,7 @@ def parse_bundle(element: Element) -> Bundle:
     """
     _check_root(element, _BUNDLE, "bundle")
     spk, spks, ik, prekeys = _required_children(element, "<bundle>", _BUNDLE_CHILDREN)
-    pre_keys = _parse_pre_keys(prekeys, "<bundle><prekeys>", _PK, "id", PUBLIC_KEY_LENGTH, None, PreKey)
+    pre_keys = _parse_pre_keys(prekeys, "<bundle><prekeys>", _PK, "id", PUBLIC_KEY_LENGTH, None)
     return Bundle(
         signed_pre_key_id=_parse_id(spk.get("id"), "<bundle><spk>", "id", MIN_KEY_ID, MAX_KEY_ID),
         signed_pre_key=_b64_text(spk, "<bundle><spk>", PUBLIC_KEY_LENGTH),
