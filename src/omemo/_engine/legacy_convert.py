@@ -43,6 +43,8 @@ __all__ = [
     "b64_key",
     "bound_pre_keys",
     "device_id",
+    "int_in_range",
+    "json_field",
     "key_state",
     "ratchet_state",
     "x3dh_key_state",
@@ -56,10 +58,10 @@ SIGNATURE_LENGTH = 64
 AD_HALF_PREFIX = b"\x05"
 #: Largest value the ratchet record can hold for a chain length or message number (``>I``).
 _MAX_COUNTER = 2**32 - 1
-#: Pre key / signed pre key ids are 1 .. 2^31 - 1 (XEP-0384).
 
 
-def _field(obj: Any, name: str, where: str) -> Any:
+def json_field(obj: Any, name: str, where: str) -> Any:
+    """``obj[name]``, where ``obj`` must be a JSON object that has it (else InvalidState naming ``where``)."""
     if not isinstance(obj, Mapping):
         raise InvalidState(f"{where}: expected a JSON object, got {type(obj).__name__}")
     if name not in obj:
@@ -105,7 +107,7 @@ def device_id(value: Any, where: str) -> int:
 
 
 def _private_key(pair: Any, where: str) -> bytes:
-    return b64_key(_field(pair, "priv", where), f"{where}.priv")
+    return b64_key(json_field(pair, "priv", where), f"{where}.priv")
 
 
 def bound_pre_keys(bound_otpks: Any) -> dict[tuple[str, int], tuple[int, bytes]]:
@@ -128,8 +130,8 @@ def bound_pre_keys(bound_otpks: Any) -> dict[tuple[str, int], tuple[int, bytes]]
         for raw_id, bound in devices.items():
             where = f"state.bound_otpks[{bare_jid!r}][{raw_id!r}]"
             # Another device's pre key id: 0 .. 2^32 - 1 (Converse numbers from 0).
-            pre_key_id = int_in_range(_field(bound, "id", where), f"{where}.id", 0, MAX_KEY_ID)
-            pre_key = b64_key(_field(bound, "otpk", where), f"{where}.otpk")
+            pre_key_id = int_in_range(json_field(bound, "id", where), f"{where}.id", 0, MAX_KEY_ID)
+            pre_key = b64_key(json_field(bound, "otpk", where), f"{where}.otpk")
             result[(bare_jid, device_id(raw_id, where))] = (pre_key_id, pre_key)
     return result
 
@@ -170,12 +172,12 @@ def key_state(state: Any, random_bytes: Callable[[int], bytes] = os.urandom) -> 
     Raises:
         InvalidState: the legacy state is malformed (names the field).
     """
-    state_super = _field(state, "super", "state")
+    state_super = json_field(state, "super", "state")
     return x3dh_key_state(
-        _field(state_super, "super", "state.super"),
-        _field(state_super, "spk_id", "state.super"),
-        _field(state_super, "otpk_ids", "state.super"),
-        _field(state_super, "otpk_id_counter", "state.super"),
+        json_field(state_super, "super", "state.super"),
+        json_field(state_super, "spk_id", "state.super"),
+        json_field(state_super, "otpk_ids", "state.super"),
+        json_field(state_super, "otpk_id_counter", "state.super"),
         random_bytes,
     )
 
@@ -214,7 +216,7 @@ def x3dh_key_state(
         InvalidState: an input is malformed (names the field).
     """
     where = "x3dh"
-    identity_priv = _private_key(_field(x3dh, "ik", where), f"{where}.ik")
+    identity_priv = _private_key(json_field(x3dh, "ik", where), f"{where}.ik")
     try:
         identity_key = xeddsa.priv_to_ed25519_pub(identity_priv)
         identity_curve = xeddsa.priv_to_curve25519_pub(identity_priv)
@@ -263,11 +265,11 @@ def _signed_pre_key(
     random_bytes: Callable[[int], bytes],
 ) -> tuple[SignedPreKey, bool]:
     where = "x3dh.spk"
-    spk = _field(x3dh, "spk", "x3dh")
-    priv = _private_key(_field(spk, "key", where), f"{where}.key")
+    spk = json_field(x3dh, "spk", "x3dh")
+    priv = _private_key(json_field(spk, "key", where), f"{where}.key")
     pub = xeddsa.priv_to_curve25519_pub(priv)
-    signature = b64_key(_field(spk, "signature", where), f"{where}.signature", SIGNATURE_LENGTH)
-    timestamp = _field(spk, "timestamp", where)
+    signature = b64_key(json_field(spk, "signature", where), f"{where}.signature", SIGNATURE_LENGTH)
+    timestamp = json_field(spk, "timestamp", where)
     if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float)) or timestamp < 0:
         raise InvalidState(f"{where}.timestamp: expected a non-negative number, got {timestamp!r}")
     key_id = int_in_range(spk_id, "spk_id", 1, MAX_ID)
@@ -287,8 +289,8 @@ def _signed_pre_key(
 def _chain(value: Any, where: str) -> tuple[Optional[bytes], int]:
     if value is None:
         return None, 0
-    length = int_in_range(_field(value, "length", where), f"{where}.length", 0, _MAX_COUNTER)
-    return b64_key(_field(value, "key", where), f"{where}.key"), length
+    length = int_in_range(json_field(value, "length", where), f"{where}.length", 0, _MAX_COUNTER)
+    return b64_key(json_field(value, "key", where), f"{where}.key"), length
 
 
 def ratchet_state(double_ratchet: Any, initiator: bool, associated_data: bytes) -> Optional[RatchetState]:
@@ -311,23 +313,23 @@ def ratchet_state(double_ratchet: Any, initiator: bool, associated_data: bytes) 
         InvalidState: the object is malformed (names the field).
     """
     where = "session.super"
-    dh = _field(double_ratchet, "super", where)
-    own_pair = _field(dh, "own_key", f"{where}.super")
-    other_pair = _field(dh, "other_pub", f"{where}.super")
+    dh = json_field(double_ratchet, "super", where)
+    own_pair = json_field(dh, "own_key", f"{where}.super")
+    other_pair = json_field(dh, "other_pub", f"{where}.super")
     if own_pair is None or other_pair is None:
         return None
-    own_priv_b64 = _field(own_pair, "priv", f"{where}.super.own_key")
-    other_pub_b64 = _field(other_pair, "pub", f"{where}.super.other_pub")
+    own_priv_b64 = json_field(own_pair, "priv", f"{where}.super.own_key")
+    other_pub_b64 = json_field(other_pair, "pub", f"{where}.super.other_pub")
     if own_priv_b64 is None or other_pub_b64 is None:
         return None
     own_priv = b64_key(own_priv_b64, f"{where}.super.own_key.priv")
     other_pub = b64_key(other_pub_b64, f"{where}.super.other_pub.pub")
-    root_key, _ = _chain(_field(dh, "root_chain", f"{where}.super"), f"{where}.super.root_chain")
+    root_key, _ = _chain(json_field(dh, "root_chain", f"{where}.super"), f"{where}.super.root_chain")
     if root_key is None:
         raise InvalidState(f"{where}.super.root_chain: missing")
-    skr = _field(double_ratchet, "skr", where)
-    sending_key, sending_n = _chain(_field(skr, "schain", f"{where}.skr"), f"{where}.skr.schain")
-    receiving_key, receiving_n = _chain(_field(skr, "rchain", f"{where}.skr"), f"{where}.skr.rchain")
+    skr = json_field(double_ratchet, "skr", where)
+    sending_key, sending_n = _chain(json_field(skr, "schain", f"{where}.skr"), f"{where}.skr.schain")
+    receiving_key, receiving_n = _chain(json_field(skr, "rchain", f"{where}.skr"), f"{where}.skr.rchain")
     pn = skr.get("prev_schain_length")
     previous_sending_n = (
         0 if pn is None else int_in_range(pn, f"{where}.skr.prev_schain_length", 0, _MAX_COUNTER)
@@ -343,9 +345,9 @@ def ratchet_state(double_ratchet: Any, initiator: bool, associated_data: bytes) 
             parsed = json.loads(raw_key)
         except (TypeError, ValueError):
             raise InvalidState(f"{where}.smks: a key is not a JSON document") from None
-        ratchet_pub = b64_key(_field(parsed, "pub", f"{where}.smks key"), f"{where}.smks key.pub")
+        ratchet_pub = b64_key(json_field(parsed, "pub", f"{where}.smks key"), f"{where}.smks key.pub")
         index = int_in_range(
-            _field(parsed, "index", f"{where}.smks key"), f"{where}.smks key.index", 0, _MAX_COUNTER
+            json_field(parsed, "index", f"{where}.smks key"), f"{where}.smks key.index", 0, _MAX_COUNTER
         )
         skipped[(ratchet_pub, index)] = b64_key(message_key, f"{where}.smks value")
 

@@ -67,7 +67,7 @@ from omemo_engine.ratchet import RatchetState
 from ..session import Initiation
 from ..storage import Storage
 from . import legacy_convert as legacy
-from .legacy_convert import int_in_range
+from .legacy_convert import int_in_range, json_field
 from .records import MAX_ID, MAX_KEY_ID, KeyState, SignedPreKey
 
 __all__ = [
@@ -110,14 +110,6 @@ _SESSION_RECORDS = (
 
 
 # -- small validating readers (every problem is an InvalidState naming where) ----------------------
-
-
-def _field(obj: Any, name: str, where: str) -> Any:
-    if not isinstance(obj, Mapping):
-        raise InvalidState(f"{where}: expected a JSON object, got {type(obj).__name__}")
-    if name not in obj:
-        raise InvalidState(f"{where}: the field {name!r} is missing")
-    return obj[name]
 
 
 def _latin1(value: Any, where: str, length: int = KEY_LENGTH) -> bytes:
@@ -243,12 +235,12 @@ def convert_keys(
         )
 
     def spk(value: Any, where: str) -> tuple[bytes, bytes, int]:
-        priv = _latin1(_field(value, "priv", where), f"{where}.priv")
-        sig = _latin1(_field(value, "sig", where), f"{where}.sig", SIGNATURE_LENGTH)
-        return priv, sig, _timestamp(_field(value, "timestamp", where), f"{where}.timestamp")
+        priv = _latin1(json_field(value, "priv", where), f"{where}.priv")
+        sig = _latin1(json_field(value, "sig", where), f"{where}.sig", SIGNATURE_LENGTH)
+        return priv, sig, _timestamp(json_field(value, "timestamp", where), f"{where}.timestamp")
 
     current_priv, current_sig, current_time = spk(
-        _field(x3dh, "signed_pre_key", "x3dh"), "x3dh.signed_pre_key"
+        json_field(x3dh, "signed_pre_key", "x3dh"), "x3dh.signed_pre_key"
     )
     old_record = x3dh.get("old_signed_pre_key")
     old = None if old_record is None else spk(old_record, "x3dh.old_signed_pre_key")
@@ -281,7 +273,7 @@ def convert_keys(
         if again:
             resigned.append(old_id)
 
-    raw_pre_keys = _field(x3dh, "pre_keys", "x3dh")
+    raw_pre_keys = json_field(x3dh, "pre_keys", "x3dh")
     if not isinstance(raw_pre_keys, list):
         raise InvalidState(f"x3dh.pre_keys: expected a list, got {type(raw_pre_keys).__name__}")
     pre_keys: dict[int, tuple[bytes, bytes]] = {}
@@ -320,7 +312,7 @@ def _convert_pre_stable_keys(
     # Imported here, not at module level: oldmemo depends on omemo, not the other way round.
 
     spk_priv = legacy.b64_key(
-        _field(_field(_field(x3dh, "spk", "x3dh"), "key", "x3dh.spk"), "priv", "x3dh.spk.key"),
+        json_field(json_field(json_field(x3dh, "spk", "x3dh"), "key", "x3dh.spk"), "priv", "x3dh.spk.key"),
         "x3dh.spk.key.priv",
     )
     spk_id = spk_ids.get(
@@ -416,8 +408,8 @@ class ReferenceSession:
 def _chain(value: Any, where: str) -> tuple[Optional[bytes], int]:
     if value is None:
         return None, 0
-    length = int_in_range(_field(value, "length", where), f"{where}.length", 0, _MAX_COUNTER)
-    return _latin1(_field(value, "key", where), f"{where}.key"), length
+    length = int_in_range(json_field(value, "length", where), f"{where}.length", 0, _MAX_COUNTER)
+    return _latin1(json_field(value, "key", where), f"{where}.key"), length
 
 
 def convert_ratchet(double_ratchet: Any, initiator: bool, associated_data: bytes) -> Optional[RatchetState]:
@@ -440,19 +432,19 @@ def convert_ratchet(double_ratchet: Any, initiator: bool, associated_data: bytes
     if isinstance(double_ratchet, Mapping) and "version" not in double_ratchet:
         return legacy.ratchet_state(double_ratchet, initiator, associated_data)
     where = "double_ratchet"
-    dh = _field(double_ratchet, "diffie_hellman_ratchet", where)
-    own_priv = _latin1(_field(dh, "own_ratchet_priv", f"{where}.dh"), f"{where}.dh.own_ratchet_priv")
-    other = _field(dh, "other_ratchet_pub", f"{where}.dh")
+    dh = json_field(double_ratchet, "diffie_hellman_ratchet", where)
+    own_priv = _latin1(json_field(dh, "own_ratchet_priv", f"{where}.dh"), f"{where}.dh.own_ratchet_priv")
+    other = json_field(dh, "other_ratchet_pub", f"{where}.dh")
     other_pub = None if other is None else _latin1(other, f"{where}.dh.other_ratchet_pub")
-    root_key, _ = _chain(_field(dh, "root_chain", f"{where}.dh"), f"{where}.dh.root_chain")
+    root_key, _ = _chain(json_field(dh, "root_chain", f"{where}.dh"), f"{where}.dh.root_chain")
     if root_key is None:
         raise InvalidState(f"{where}.dh.root_chain: missing")
-    skr = _field(dh, "symmetric_key_ratchet", f"{where}.dh")
+    skr = json_field(dh, "symmetric_key_ratchet", f"{where}.dh")
     sending_key, sending_n = _chain(
-        _field(skr, "sending_chain", f"{where}.skr"), f"{where}.skr.sending_chain"
+        json_field(skr, "sending_chain", f"{where}.skr"), f"{where}.skr.sending_chain"
     )
     receiving_key, receiving_n = _chain(
-        _field(skr, "receiving_chain", f"{where}.skr"), f"{where}.skr.receiving_chain"
+        json_field(skr, "receiving_chain", f"{where}.skr"), f"{where}.skr.receiving_chain"
     )
     pn = skr.get("previous_sending_chain_length")
     previous_n = (
@@ -464,9 +456,9 @@ def convert_ratchet(double_ratchet: Any, initiator: bool, associated_data: bytes
     skipped: dict[tuple[bytes, int], bytes] = {}
     for index, entry in enumerate(entries):
         at = f"{where}.skipped_message_keys[{index}]"
-        pub = _latin1(_field(entry, "ratchet_pub", at), f"{at}.ratchet_pub")
-        n = int_in_range(_field(entry, "index", at), f"{at}.index", 0, _MAX_COUNTER)
-        skipped[(pub, n)] = _latin1(_field(entry, "message_key", at), f"{at}.message_key")
+        pub = _latin1(json_field(entry, "ratchet_pub", at), f"{at}.ratchet_pub")
+        n = int_in_range(json_field(entry, "index", at), f"{at}.index", 0, _MAX_COUNTER)
+        skipped[(pub, n)] = _latin1(json_field(entry, "message_key", at), f"{at}.message_key")
     return RatchetState(
         initiator=initiator,
         associated_data=associated_data,
