@@ -36,6 +36,8 @@ __all__ = [
     "aes_cbc_encrypt",
     "aes_gcm_decrypt",
     "aes_gcm_encrypt",
+    "canonical_ed25519_public",
+    "canonical_x25519_public",
     "constant_time_equal",
     "hkdf_sha256",
     "hmac_sha256",
@@ -83,6 +85,33 @@ def hkdf_sha256(ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:
 def _check_key(name: str, key: bytes) -> None:
     if len(key) != KEY_LENGTH:
         raise InvalidKey(f"{name} must be {KEY_LENGTH} bytes, got {len(key)}")
+
+
+#: The field prime of Curve25519 / Ed25519.
+_P = 2**255 - 19
+_LOW_255 = (1 << 255) - 1
+
+
+def canonical_x25519_public(public: bytes) -> bytes:
+    """The canonical encoding of an X25519 public key received from the network (RFC 7748, 5).
+
+    A receiver masks bit 255 and takes ``u`` modulo p, so ``u`` with bit 255 set, or ``u >= p``, is the
+    same key as its canonical form: the X25519 result does not change. Everything else (associated
+    data, comparisons, storage, fingerprints) must see one encoding per key, so every X25519 key from
+    the network goes through here before it is used. The caller checks the length.
+    """
+    if public[31] < 0x7F:  # bit 255 clear and u < 0x7f * 2^248 < p: already canonical (nearly always)
+        return public
+    return ((int.from_bytes(public, "little") & _LOW_255) % _P).to_bytes(KEY_LENGTH, "little")
+
+
+def canonical_ed25519_public(public: bytes) -> bool:
+    """Whether an Ed25519 public key's y coordinate is canonical (``y < p``; bit 255 is the sign of x).
+
+    A non-canonical y encodes the same point as ``y - p``; such keys are refused, as RFC 8032 5.1.3
+    and strict verifiers (libsodium) do. The caller checks the length.
+    """
+    return public[31] & 0x7F < 0x7F or (int.from_bytes(public, "little") & _LOW_255) < _P
 
 
 def x25519_public(private: bytes) -> bytes:

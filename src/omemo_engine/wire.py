@@ -34,7 +34,7 @@ from typing import Callable, NamedTuple, Protocol, TypeVar
 
 from google.protobuf.message import DecodeError, EncodeError
 
-from ._primitives import hmac_sha256
+from ._primitives import canonical_ed25519_public, canonical_x25519_public, hmac_sha256
 from ._protobuf import PBMessage, build_messages, typed_class
 from .errors import MalformedMessage
 
@@ -111,9 +111,19 @@ class WireFormat(Protocol):
         ...
 
 
-def _check_key(field: str, value: bytes) -> bytes:
+def _x25519_key(field: str, value: bytes) -> bytes:
+    """A 32-byte X25519 key from the wire, in its canonical encoding (see canonical_x25519_public)."""
     if len(value) != _KEY:
         raise MalformedMessage(f"field {field} must be {_KEY} bytes, got {len(value)}")
+    return canonical_x25519_public(value)
+
+
+def _ed25519_key(field: str, value: bytes) -> bytes:
+    """A 32-byte Ed25519 key from the wire, refused unless its encoding is canonical."""
+    if len(value) != _KEY:
+        raise MalformedMessage(f"field {field} must be {_KEY} bytes, got {len(value)}")
+    if not canonical_ed25519_public(value):
+        raise MalformedMessage(f"field {field} is not a canonical Ed25519 key (y >= p)")
     return value
 
 
@@ -215,7 +225,7 @@ class OMEMO2Wire:
         message = _parse(_O2_MESSAGE, body, "OMEMOMessage")
         if not message.HasField("ciphertext"):
             raise MalformedMessage("OMEMOMessage has no ciphertext")
-        header = Header(dh_pub=_check_key("OMEMOMessage.dh_pub", message.dh_pub), n=message.n, pn=message.pn)
+        header = Header(dh_pub=_x25519_key("OMEMOMessage.dh_pub", message.dh_pub), n=message.n, pn=message.pn)
         return OpenedMessage(header, bytes(message.ciphertext), body, bytes(auth.mac))
 
     def build_key_exchange(self, fields: KeyExchangeFields, message: bytes) -> bytes:
@@ -236,8 +246,8 @@ class OMEMO2Wire:
         fields = KeyExchangeFields(
             pre_key_id=kex.pk_id,
             signed_pre_key_id=kex.spk_id,
-            identity_key=_check_key("OMEMOKeyExchange.ik", kex.ik),
-            ephemeral_key=_check_key("OMEMOKeyExchange.ek", kex.ek),
+            identity_key=_ed25519_key("OMEMOKeyExchange.ik", kex.ik),
+            ephemeral_key=_x25519_key("OMEMOKeyExchange.ek", kex.ek),
         )
         # The protobuf runtime does not enforce "required" on parsing. An absent message is refused
         # here; an incomplete one is serialised partially and refused by open().
@@ -312,9 +322,10 @@ _L_KEX: _LKexClass = typed_class(_LEGACY["PreKeySignalMessage"], _LKexClass)
 
 
 def _legacy_key(field: str, value: bytes) -> bytes:
+    """The canonical X25519 key of a legacy ``0x05 || u`` field."""
     if len(value) != _KEY + 1 or value[:1] != _LEGACY_KEY_TYPE:
         raise MalformedMessage(f"field {field} must be 0x05 followed by 32 bytes (got {len(value)} bytes)")
-    return value[1:]
+    return canonical_x25519_public(value[1:])
 
 
 def _require(message: PBMessage, what: str, *fields: str) -> None:

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from typing import Final
 from xml.etree.ElementTree import Element, SubElement
 
+from ._primitives import canonical_x25519_public
 from ._xml_common import ANY_LENGTH as _ANY_LENGTH
 from ._xml_common import MAX_ID, MAX_KEY_ID, MIN_ID, MIN_KEY_ID, PUBLIC_KEY_LENGTH, PreKey
 from ._xml_common import NON_EMPTY as _NON_EMPTY
@@ -331,13 +332,14 @@ def _curve_key(element: Element, where: str) -> bytes:
 
 
 def _strip_type_byte(data: bytes, where: str, ident: int | None) -> bytes:
-    """``u`` of a decoded serialized public key ``0x05 || u``; ``ident``: the id of its element."""
+    """``u`` of a decoded serialized public key ``0x05 || u``, in its canonical encoding (bit 255 clear,
+    ``u < p``: the same key, as RFC 7748 reads it); ``ident``: the id of its element."""
     if data[0] != KEY_TYPE_CURVE25519:
         _fail(
             _where_id(where, ident),
             f"key type byte must be 0x{KEY_TYPE_CURVE25519:02x} (Curve25519), got 0x{data[0]:02x}",
         )
-    return data[1:]
+    return canonical_x25519_public(data[1:])
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ from typing import Final
 from xml.etree.ElementTree import Element, SubElement
 
 from . import _xml_common
+from ._primitives import canonical_ed25519_public, canonical_x25519_public
 from ._xml_common import ANY_LENGTH as _ANY_LENGTH
 from ._xml_common import MAX_ID, MAX_KEY_ID, MIN_ID, MIN_KEY_ID, PUBLIC_KEY_LENGTH, PreKey
 from ._xml_common import NON_EMPTY as _NON_EMPTY
@@ -299,6 +300,19 @@ def build_device_list(devices: Iterable[DeviceListEntry]) -> Element:
 # Bundle
 
 
+def _canonical_x25519(data: bytes, where: str, ident: int | None) -> bytes:
+    """A pre key in its canonical encoding (same key, RFC 7748)."""
+    return canonical_x25519_public(data)
+
+
+def _ed25519_key(element: Element, where: str) -> bytes:
+    """An Ed25519 identity key; a non-canonical encoding (y >= p) is refused."""
+    key = _b64_text(element, where, PUBLIC_KEY_LENGTH)
+    if not canonical_ed25519_public(key):
+        _fail(where, "text is not a canonical Ed25519 key (y >= p)")
+    return key
+
+
 def parse_bundle(element: Element) -> Bundle:
     """Parse a ``<bundle>`` element.
 
@@ -315,12 +329,12 @@ def parse_bundle(element: Element) -> Bundle:
     """
     _check_root(element, _BUNDLE, "bundle")
     spk, spks, ik, prekeys = _required_children(element, "<bundle>", _BUNDLE_CHILDREN)
-    pre_keys = _parse_pre_keys(prekeys, "<bundle><prekeys>", _PK, "id", PUBLIC_KEY_LENGTH, None)
+    pre_keys = _parse_pre_keys(prekeys, "<bundle><prekeys>", _PK, "id", PUBLIC_KEY_LENGTH, _canonical_x25519)
     return Bundle(
         signed_pre_key_id=_parse_id(spk.get("id"), "<bundle><spk>", "id", MIN_KEY_ID, MAX_KEY_ID),
-        signed_pre_key=_b64_text(spk, "<bundle><spk>", PUBLIC_KEY_LENGTH),
+        signed_pre_key=canonical_x25519_public(_b64_text(spk, "<bundle><spk>", PUBLIC_KEY_LENGTH)),
         signed_pre_key_signature=_b64_text(spks, "<bundle><spks>", SIGNATURE_LENGTH),
-        identity_key=_b64_text(ik, "<bundle><ik>", PUBLIC_KEY_LENGTH),
+        identity_key=_ed25519_key(ik, "<bundle><ik>"),
         pre_keys=pre_keys,
     )
 

@@ -13,9 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from omemo_engine import ratchet, xeddsa
-from omemo_engine._primitives import hmac_sha256, x25519_public
-from omemo_engine.errors import EngineError
-from omemo_engine.profile import LEGACY, Profile
+from omemo_engine._primitives import (
+    canonical_ed25519_public,
+    canonical_x25519_public,
+    hmac_sha256,
+    x25519_public,
+)
+from omemo_engine.errors import EngineError, MalformedMessage
+from omemo_engine.profile import LEGACY, OMEMO2, Profile
 from omemo_engine.ratchet import RatchetState
 from omemo_engine.wire import Header, KeyExchangeFields
 
@@ -136,7 +141,11 @@ def test_wire_seal_open_round_trip(
 ) -> None:
     header = Header(dh_pub, n, pn)
     opened = profile.wire.open(profile.wire.seal(header, ciphertext, auth_key, ad))
-    assert (opened.header, opened.ciphertext) == (header, ciphertext)
+    # The key comes back in its canonical encoding (the same X25519 key, RFC 7748).
+    assert (opened.header, opened.ciphertext) == (
+        header._replace(dh_pub=canonical_x25519_public(dh_pub)),
+        ciphertext,
+    )
     assert opened.mac == hmac_sha256(auth_key, ad + opened.mac_input)[: profile.wire.mac_length]
 
 
@@ -161,8 +170,20 @@ def test_key_exchange_build_parse_round_trip(
 ) -> None:
     fields = KeyExchangeFields(pre_key_id, signed_pre_key_id, identity_key, ephemeral_key)
     message = profile.wire.seal(header, ciphertext, bytes(32), b"")
-    parsed, inner = profile.wire.parse_key_exchange(profile.wire.build_key_exchange(fields, message))
-    assert (parsed, inner) == (fields, message)
+    data = profile.wire.build_key_exchange(fields, message)
+    if profile is OMEMO2 and not canonical_ed25519_public(identity_key):
+        with pytest.raises(MalformedMessage, match="canonical"):
+            profile.wire.parse_key_exchange(data)
+        return
+    parsed, inner = profile.wire.parse_key_exchange(data)
+    # X25519 keys come back canonical (the same keys, RFC 7748); so does the legacy identity key.
+    expected = KeyExchangeFields(
+        pre_key_id,
+        signed_pre_key_id,
+        identity_key if profile is OMEMO2 else canonical_x25519_public(identity_key),
+        canonical_x25519_public(ephemeral_key),
+    )
+    assert (parsed, inner) == (expected, message)
 
 
 optional_key = st.one_of(st.none(), keys32)
