@@ -293,6 +293,9 @@ TOP_LEVEL: Dict[str, str] = {
     **dict.fromkeys(
         ["AsyncFramework", "DeviceInformation", "JSONType", "OMEMOException", "TrustLevel"], "omemo.types"
     ),
+    # Added by python-omemo 2.x at the top level.
+    "EncryptionError": "omemo.session_manager",
+    **dict.fromkeys(["SignedLabel", "DeviceList"], "omemo.types"),
 }
 
 
@@ -458,6 +461,16 @@ def test_top_level_exports() -> None:
         assert getattr(omemo, name) is getattr(importlib.import_module(module), name)
         assert name in omemo.__all__
     assert set(omemo.__all__) == {*TOP_LEVEL, "__version__", "project"}
+    # Nothing else public leaks into the namespace (e.g. ``annotations`` of a __future__ import):
+    # only the exported names and the submodules.
+    leaked = {
+        name
+        for name in dir(omemo)
+        if not name.startswith("_")
+        and name not in omemo.__all__
+        and not inspect.ismodule(getattr(omemo, name))
+    }
+    assert leaked == set()
     # The 1.0.2 shapes of the metadata.
     assert set(omemo.__version__) == {"short", "tag", "full"}
     assert omemo.__version__["full"] == f"{omemo.__version__['short']}-{omemo.__version__['tag']}"
