@@ -180,6 +180,27 @@ class Oldmemo(EngineBackend):
             PlainKeyMaterialImpl(self._random_bytes(payload.LEGACY_KEY_LENGTH), b""),
         )
 
+    def check_empty_message(self, content: Content, plain_key_material: PlainKeyMaterial) -> None:
+        """An empty (key transport) message carries a 16-byte key (most clients), or key and tag of an
+        empty plaintext (Converse's heartbeats, which verify): a tag of anything else belongs to a
+        payload that was removed on the way.
+
+        Raises:
+            DecryptionFailed: the payload of this message was removed.
+        """
+        assert isinstance(content, ContentImpl)
+        assert isinstance(plain_key_material, PlainKeyMaterialImpl)
+        if not plain_key_material.auth_tag:
+            return
+        try:
+            payload.legacy_decrypt(
+                b"", content.initialization_vector, plain_key_material.key + plain_key_material.auth_tag
+            )
+        except AuthenticationFailed:
+            raise DecryptionFailed(
+                "the message has no <payload>, but its key material was made for one: the payload was removed"
+            ) from None
+
     async def decrypt_plaintext(self, content: Content, plain_key_material: PlainKeyMaterial) -> bytes:
         assert isinstance(content, ContentImpl)
         assert isinstance(plain_key_material, PlainKeyMaterialImpl)

@@ -59,6 +59,7 @@ from ._xml_common import check_root as _check_root
 from ._xml_common import check_unique_pre_key_ids as _check_unique_pre_key_ids
 from ._xml_common import encrypted_parts as _encrypted_parts
 from ._xml_common import fail as _fail
+from ._xml_common import missing as _missing
 from ._xml_common import once as _once
 from ._xml_common import parse_bool as _parse_bool
 from ._xml_common import parse_id as _parse_id
@@ -386,6 +387,10 @@ def parse_message(element: Element) -> EncryptedMessage:
         iv = _b64_text(iv_element, "<header><iv>", _ANY_LENGTH)
         if len(iv) not in IV_LENGTHS:
             _fail("<header><iv>", f"text must be base64 of 12 or 16 bytes, got {len(iv)} bytes")
+    elif payload is not None:
+        # Without its IV the payload cannot be decrypted; ignoring it would turn the message into an
+        # empty one and lose its content silently.
+        _missing("<header>", "iv")
 
     return EncryptedMessage(
         sender_device_id=sender_device_id,

@@ -156,6 +156,19 @@ class Twomemo(EngineBackend):
     async def encrypt_empty(self) -> Tuple[ContentImpl, PlainKeyMaterialImpl]:
         return ContentImpl.make_empty(), PlainKeyMaterialImpl.make_empty()
 
+    def check_empty_message(self, content: Content, plain_key_material: PlainKeyMaterial) -> None:
+        """An empty message must carry the empty key material (32 zero bytes, XEP-0384): any other key
+        material was made for a payload, which was then removed on the way.
+
+        Raises:
+            DecryptionFailed: the payload of this message was removed.
+        """
+        assert isinstance(plain_key_material, PlainKeyMaterialImpl)
+        if (plain_key_material.key, plain_key_material.auth_tag) != (payload.OMEMO2_EMPTY_KEY_MATERIAL, b""):
+            raise DecryptionFailed(
+                "the message has no <payload>, but its key material was made for one: the payload was removed"
+            )
+
     async def decrypt_plaintext(self, content: Content, plain_key_material: PlainKeyMaterial) -> bytes:
         assert isinstance(content, ContentImpl)
         assert isinstance(plain_key_material, PlainKeyMaterialImpl)

@@ -402,13 +402,19 @@ async def test_legacy_iv_lengths(iv_length: int) -> None:
         assert parsed.content.initialization_vector == bytes(range(iv_length))
 
 
-async def test_legacy_message_without_iv_or_payload_is_empty() -> None:
+async def test_legacy_message_without_iv() -> None:
     world = _WORLDS.get("oldmemo") or await build_world(oldmemo.Oldmemo)
     element = fresh(world.message)
     header = element.find(q(LEGACY, "header"))
     assert header is not None
     for iv in header.findall(q(LEGACY, "iv")):
         header.remove(iv)
+    # With its payload: refused (taken for an empty message, its content would be lost silently).
+    with pytest.raises(MalformedXML, match="required child <iv> is missing"):
+        await parse_message(world, element)
+    # Without the payload too: an empty message.
+    for payload in element.findall(q(LEGACY, "payload")):
+        element.remove(payload)
     parsed = await parse_message(world, element)
     assert parsed.content.empty
 

@@ -111,3 +111,29 @@ async def test_legacy_first_priority_by_load_order() -> None:
     assert [m.namespace for m in messages] == [NSL]
     await alice.shutdown()
     await bob.shutdown()
+
+
+async def test_a_reply_in_the_namespace_of_a_message_from_a_device_known_in_another() -> None:
+    # Bob knows Alice's device from OMEMO 2 only (her legacy device list never reached him); her
+    # first legacy message makes him look at her legacy list, so that he can answer in that namespace.
+    net = InMemoryXMPP()
+    alice = await _create(net, ALICE, MemoryStorage())
+    bob = await _create(net, BOB, MemoryStorage())
+    await alice.after_history_sync()
+    await bob.after_history_sync()
+    messages, _ = await alice.encrypt(frozenset({BOB}), {NS2: b"<envelope/>"}, backend_priority_order=[NS2])
+    for message in messages:
+        net.send(message)
+    await _deliver(net, bob, BOB)
+    await _deliver(net, alice, ALICE)
+    (known,) = await bob.get_device_information(ALICE)
+    assert (NSL, True) not in known.active
+    messages, _ = await alice.encrypt(frozenset({BOB}), {NSL: b"legacy"}, backend_priority_order=[NSL])
+    for message in messages:
+        net.send(message)
+    [(plaintext, _, _)] = await _deliver(net, bob, BOB)
+    assert plaintext == b"legacy"
+    replies, errors = await bob.encrypt(frozenset({ALICE}), {NSL: b"reply"}, backend_priority_order=[NSL])
+    assert not errors and [m.namespace for m in replies] == [NSL]
+    await alice.shutdown()
+    await bob.shutdown()

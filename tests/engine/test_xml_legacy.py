@@ -336,8 +336,10 @@ def test_empty_content_variants() -> None:
     key = "<key rid='2'>MwAA</key>"
     no_payload = lg.parse_message(message(key + iv))
     assert (no_payload.iv, no_payload.payload, no_payload.is_empty) == (bytes(12), None, True)
-    no_iv = lg.parse_message(message(key, "<payload>AAAA</payload>"))
-    assert (no_iv.iv, no_iv.payload, no_iv.is_empty) == (None, bytes(3), True)
+    # A payload without its IV cannot be decrypted; taking the message for an empty one would lose it.
+    raises_malformed(
+        lg.parse_message, message(key, "<payload>AAAA</payload>"), "required child <iv> is missing"
+    )
     neither = lg.parse_message(message(""))
     assert (neither.keys, neither.iv, neither.payload, neither.is_empty) == ((), None, None, True)
     empty_payload = lg.parse_message(message(key + iv, "<payload/>"))
@@ -445,7 +447,9 @@ def test_bad_base64(text: str) -> None:
     raises_malformed(lg.parse_message, message(f"<key rid='8'>{text}</key>"), r"<key> \(id 8\): text is not")
     raises_malformed(lg.parse_message, message(f"<iv>{text}</iv>"), "<header><iv>: text is not valid base64")
     raises_malformed(
-        lg.parse_message, message("", f"<payload>{text}</payload>"), "<payload>: text is not valid"
+        lg.parse_message,
+        message(f"<iv>{b64(bytes(12))}</iv>", f"<payload>{text}</payload>"),
+        "<payload>: text is not valid",
     )
 
 

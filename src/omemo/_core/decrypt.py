@@ -74,7 +74,15 @@ async def sender_information(core: Core, namespace: str, bare_jid: str, device_i
     """
     known = await core.known_device(bare_jid, device_id)
     if known is not None:
-        return known
+        if (namespace, True) in known.active:
+            return known
+        # A message in a namespace the device is not known to use (its device list there was never
+        # seen): look once, so that a reply in the same namespace can reach it. Best effort.
+        try:
+            await core.refresh_device_list(namespace, bare_jid)
+        except (DeviceListDownloadFailed, UnknownNamespace) as exc:
+            _log.info("could not download the %s device list of %s: %s", namespace, bare_jid, exc)
+        return await core.known_device(bare_jid, device_id) or known
     who = describe(namespace, bare_jid, device_id)
     if device_id not in await core.devices.device_ids(bare_jid):
         try:
@@ -167,11 +175,15 @@ async def decrypt(
                         bare_jid, device_id, key_exchange, encrypted
                     )
 
-            plaintext = (
-                None
-                if message.content.empty
-                else await backend.decrypt_plaintext(message.content, plain_key_material)
-            )
+            if message.content.empty:
+                plaintext = None
+                # A backend that can tell (ours) refuses an empty message whose key material was made
+                # for a payload: the payload was removed, and the message would be lost silently.
+                check_empty = getattr(backend, "check_empty_message", None)
+                if check_empty is not None:
+                    check_empty(message.content, plain_key_material)
+            else:
+                plaintext = await backend.decrypt_plaintext(message.content, plain_key_material)
         except (TooManySkippedMessageKeys, KeyExchangeFailed, DecryptionFailed) as exc:
             wrapped = _with_context(exc, who)
             if wrapped is exc:
