@@ -16,7 +16,7 @@ message whose session state has already advanced.
 from __future__ import annotations
 
 import logging
-from typing import List, Optional, Tuple
+from typing import Awaitable, Callable, List, Optional, Tuple
 
 from ..backend import BackendException, DecryptionFailed, KeyExchangeFailed, TooManySkippedMessageKeys
 from ..bundle import Bundle
@@ -131,9 +131,15 @@ async def _identity_key_from_other_namespaces(
 
 
 async def decrypt(
-    core: Core, message: Message
+    core: Core,
+    message: Message,
+    check: Optional[Callable[[Optional[bytes], DeviceInformation], Awaitable[None]]] = None,
 ) -> Tuple[Optional[bytes], DeviceInformation, PlainKeyMaterial]:
-    """See :meth:`omemo.session_manager.SessionManager.decrypt`."""
+    """See :meth:`omemo.session_manager.SessionManager.decrypt`.
+
+    ``check`` (for integrations such as omemo_slixmpp) sees the plaintext and the sender before anything
+    is stored; an exception it raises propagates and leaves the storage as it was, like a bad MAC.
+    """
     namespace, bare_jid, device_id = message.namespace, message.bare_jid, message.device_id
     who = describe(namespace, bare_jid, device_id)
     try:
@@ -189,6 +195,9 @@ async def decrypt(
             if wrapped is exc:
                 raise
             raise wrapped from exc
+
+        if check is not None:
+            await check(plaintext, device)
 
         # Every check passed: commit. An empty message owed right now is encrypted first, so that the
         # session is stored once, with both the received message and the sent one.
