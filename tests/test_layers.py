@@ -50,6 +50,7 @@ LAYERS: List[Tuple[str, List[str]]] = [
     ("the public facade", ["omemo.session_manager"]),
     ("built on the facade", ["omemo", "omemo.trust", "omemo.testing"]),
     ("the backend packages", ["twomemo", "twomemo.*", "oldmemo", "oldmemo.*"]),
+    ("integrations: adapters over the core", ["omemo_slixmpp", "omemo_slixmpp.*"]),
 ]
 
 #: Siblings of one layer that must not know each other: the core drives backends only through

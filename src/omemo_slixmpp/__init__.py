@@ -1,0 +1,9 @@
+"""OMEMO (XEP-0384) for slixmpp on the omemo-stack: a drop-in for slixmpp-omemo's ``XEP_0384`` that also
+speaks ``urn:xmpp:omemo:2`` with XEP-0420 envelopes, both namespaces in one stanza.
+
+Install with ``pip install 'omemo-stack[slixmpp]'``; see docs/xmpp.md.
+"""
+
+from .plugin import XEP_0384, TrustLevel
+
+__all__ = ["XEP_0384", "TrustLevel"]

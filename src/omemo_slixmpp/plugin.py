@@ -1,0 +1,537 @@
+"""``XEP_0384``: OMEMO for slixmpp, both namespaces, on the omemo-stack core.
+
+An adapter: stanzas in and out, PEP publishing and fetching. The protocol, the trust bookkeeping and the
+XEP-0420 envelopes are :mod:`omemo`'s. The public API is that of slixmpp-omemo 2.2.0's ``XEP_0384``
+(a fact this plugin matches; none of its code is used), so an application switches by changing its
+import; docs/xmpp.md lists what behaves differently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import xml.etree.ElementTree as ET
+from abc import ABCMeta, abstractmethod
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any, ClassVar, Dict, FrozenSet, List, Optional, Set, Tuple, Type, Union
+
+from slixmpp.jid import JID
+from slixmpp.plugins.base import BasePlugin
+from slixmpp.stanza import Message as Stanza
+
+import oldmemo
+import oldmemo.etree
+import twomemo
+import twomemo.etree
+from oldmemo.migrations import LegacyStorage
+from omemo import sce
+from omemo._core.decrypt import decrypt as _core_decrypt
+from omemo.bundle import Bundle
+from omemo.message import Message
+from omemo.session_manager import (
+    BundleDeletionFailed,
+    BundleDownloadFailed,
+    BundleNotFound,
+    BundleUploadFailed,
+    DeviceListDownloadFailed,
+    DeviceListUploadFailed,
+    EncryptionError,
+    MessageNotForUs,
+    MessageSendingFailed,
+    SessionManager,
+    UnknownTrustLevel,
+)
+from omemo.storage import Storage
+from omemo.types import DeviceInformation, DeviceList, OMEMOException
+from omemo.types import TrustLevel as CoreTrustLevel
+
+from ._pep import (
+    DEVICE_LIST_NODES,
+    NS2,
+    NSL,
+    PubSubFailure,
+    bundle_location,
+    get_items,
+    publish,
+    retract_or_delete,
+)
+
+__all__ = ["XEP_0384", "TrustLevel"]
+
+_log = logging.getLogger("omemo_slixmpp")
+
+ETREE: Dict[str, Any] = {NS2: twomemo.etree, NSL: oldmemo.etree}
+_EME = "urn:xmpp:eme:0"
+_HINTS = "urn:xmpp:hints"
+_DELAY = "{urn:xmpp:delay}delay"
+_CLIENT = "jabber:client"
+#: Children of a source stanza that stay outside the OMEMO 2 envelope: addressing and threading of the
+#: stanza itself, the server's ids and hints, and any OMEMO or EME element already there.
+_OUTSIDE = {f"{{{_CLIENT}}}{name}" for name in ("subject", "thread", "error", "html")} | {
+    "{urn:xmpp:sid:0}origin-id",
+    f"{{{NS2}}}encrypted",
+    f"{{{NSL}}}encrypted",
+}
+
+
+class TrustLevel(Enum):
+    """The trust levels the plugin stores (the names slixmpp-omemo uses)."""
+
+    TRUSTED = "TRUSTED"
+    BLINDLY_TRUSTED = "BLINDLY_TRUSTED"
+    UNDECIDED = "UNDECIDED"
+    DISTRUSTED = "DISTRUSTED"
+
+
+_CORE_LEVELS = {
+    TrustLevel.TRUSTED.value: CoreTrustLevel.TRUSTED,
+    TrustLevel.BLINDLY_TRUSTED.value: CoreTrustLevel.TRUSTED,
+    TrustLevel.UNDECIDED.value: CoreTrustLevel.UNDECIDED,
+    TrustLevel.DISTRUSTED.value: CoreTrustLevel.DISTRUSTED,
+}
+
+
+def _bare(jid: Union[JID, str]) -> str:
+    return JID(jid).bare
+
+
+def _manager_class(plugin: XEP_0384) -> Type[SessionManager]:
+    """A SessionManager whose XMPP hooks talk through ``plugin``'s stream and whose trust hooks are its."""
+    xmpp = plugin.xmpp
+
+    class _Manager(SessionManager):
+        @staticmethod
+        async def _upload_bundle(bundle: Bundle) -> None:
+            node, item_id = bundle_location(bundle.namespace, bundle.device_id)
+            options = {"access_model": "open", "persist_items": "true"}
+            options["max_items"] = "max" if bundle.namespace == NS2 else "1"
+            try:
+                await publish(xmpp, node, item_id, ETREE[bundle.namespace].serialize_bundle(bundle), options)
+            except PubSubFailure as exc:
+                raise BundleUploadFailed(str(exc)) from exc
+
+        @staticmethod
+        async def _download_bundle(namespace: str, bare_jid: str, device_id: int) -> Bundle:
+            node, item_id = bundle_location(namespace, device_id)
+            try:
+                payloads = await get_items(xmpp, bare_jid, node, item_id if namespace == NS2 else None)
+            except PubSubFailure as exc:
+                if exc.not_found:
+                    raise BundleNotFound(str(exc)) from exc
+                raise BundleDownloadFailed(str(exc)) from exc
+            if not payloads:
+                raise BundleNotFound(f"no bundle of device {device_id} of {bare_jid} in {node}")
+            bundle: Bundle = ETREE[namespace].parse_bundle(payloads[-1], bare_jid, device_id)
+            return bundle
+
+        @staticmethod
+        async def _delete_bundle(namespace: str, device_id: int) -> None:
+            try:
+                await retract_or_delete(xmpp, namespace, device_id)
+            except PubSubFailure as exc:
+                raise BundleDeletionFailed(str(exc)) from exc
+
+        @staticmethod
+        async def _upload_device_list(namespace: str, device_list: DeviceList) -> None:
+            element = ETREE[namespace].serialize_device_list(device_list)
+            options = {"access_model": "open", "persist_items": "true", "max_items": "1"}
+            try:
+                await publish(xmpp, DEVICE_LIST_NODES[namespace], "current", element, options)
+            except PubSubFailure as exc:
+                raise DeviceListUploadFailed(str(exc)) from exc
+
+        @staticmethod
+        async def _download_device_list(namespace: str, bare_jid: str) -> DeviceList:
+            try:
+                payloads = await get_items(xmpp, bare_jid, DEVICE_LIST_NODES[namespace])
+            except PubSubFailure as exc:
+                if exc.not_found:
+                    return {}
+                raise DeviceListDownloadFailed(str(exc)) from exc
+            device_list: DeviceList = {}
+            for payload in payloads[-1:]:
+                try:
+                    device_list = ETREE[namespace].parse_device_list(payload)
+                except ValueError as exc:
+                    _log.warning("the %s device list of %s is unusable: %s", namespace, bare_jid, exc)
+            return device_list
+
+        @staticmethod
+        async def _send_message(message: Message, bare_jid: str) -> None:
+            stanza = xmpp.make_message(mto=JID(bare_jid), mtype="chat")
+            stanza.xml.append(ETREE[message.namespace].serialize_message(message))
+            stanza.xml.append(ET.Element(f"{{{_HINTS}}}store"))
+            try:
+                stanza.send()
+            except Exception as exc:  # the stream's own errors: not connected, closed
+                raise MessageSendingFailed(f"sending an OMEMO message to {bare_jid} failed: {exc!r}") from exc
+
+        async def _evaluate_custom_trust_level(self, device: DeviceInformation) -> CoreTrustLevel:
+            try:
+                return _CORE_LEVELS[device.trust_level_name]
+            except KeyError:
+                raise UnknownTrustLevel(f"unknown trust level {device.trust_level_name!r}") from None
+
+        async def _make_trust_decision(
+            self, undecided: FrozenSet[DeviceInformation], identifier: Optional[str]
+        ) -> None:
+            if not plugin._btbv_enabled:
+                await plugin._prompt_manual_trust(undecided, identifier)
+                return
+            # Blind trust before verification: new devices of an account are trusted blindly as long as
+            # none of its devices was verified; after that, the user decides.
+            blind: Set[DeviceInformation] = set()
+            manual: Set[DeviceInformation] = set()
+            for jid in {device.bare_jid for device in undecided}:
+                known = await self.get_device_information(jid)
+                verified = any(info.trust_level_name == TrustLevel.TRUSTED.value for info in known)
+                target = manual if verified else blind
+                target.update(device for device in undecided if device.bare_jid == jid)
+            for device in blind:
+                await self.set_trust(device.bare_jid, device.identity_key, TrustLevel.BLINDLY_TRUSTED.value)
+            if blind:
+                await plugin._devices_blindly_trusted(frozenset(blind), identifier)
+            if manual:
+                await plugin._prompt_manual_trust(frozenset(manual), identifier)
+
+    return _Manager
+
+
+class XEP_0384(BasePlugin, metaclass=ABCMeta):  # noqa: N801 - the XEP's plugin name, as slixmpp names them
+    """OMEMO (XEP-0384) for slixmpp: ``urn:xmpp:omemo:2`` with XEP-0420 envelopes and the legacy
+    ``eu.siacs.conversations.axolotl``, in one stanza.
+
+    Subclass it, provide :attr:`storage`, :attr:`_btbv_enabled`, :meth:`_prompt_manual_trust` (and
+    optionally :meth:`_devices_blindly_trusted`, :attr:`legacy_storage`), and register the subclass with
+    ``slixmpp.plugins.register_plugin``. :class:`omemo_slixmpp.XEP_0384SQLite` is such a subclass, ready.
+    The plugin fires ``omemo_initialized`` once its device lists and bundles are published.
+    """
+
+    name = "xep_0384"
+    description = "XEP-0384: OMEMO Encryption (omemo-stack)"
+    dependencies: ClassVar[Set[str]] = {
+        "xep_0004",
+        "xep_0030",
+        "xep_0060",
+        "xep_0163",
+        "xep_0280",
+        "xep_0334",
+    }
+    default_config: ClassVar[Dict[str, Any]] = {
+        "fallback_message": "This message is OMEMO encrypted.",
+        #: How far an envelope's <time> may be from the stanza's sending time.
+        "max_skew": sce.DEFAULT_MAX_SKEW,
+        #: The namespaces to speak, best first (e.g. only the legacy one, for a legacy-only account).
+        "namespaces": (NS2, NSL),
+    }
+
+    # -- what an application provides ---------------------------------------------------------------
+
+    @property
+    @abstractmethod
+    def storage(self) -> Storage:
+        """The storage of this account's OMEMO data."""
+
+    @property
+    def legacy_storage(self) -> Optional[LegacyStorage]:
+        """Data of python-omemo < 1.0 to migrate on the first start (``None``: nothing to migrate)."""
+        return None
+
+    @property
+    @abstractmethod
+    def _btbv_enabled(self) -> bool:
+        """Whether new devices are trusted blindly until a device of their account was verified."""
+
+    async def _devices_blindly_trusted(
+        self, blindly_trusted: FrozenSet[DeviceInformation], identifier: Optional[str]
+    ) -> None:
+        """Told which devices were just trusted blindly (BTBV); does nothing by default."""
+
+    @abstractmethod
+    async def _prompt_manual_trust(
+        self, manually_trusted: FrozenSet[DeviceInformation], identifier: Optional[str]
+    ) -> None:
+        """Decide about undecided devices (call ``set_trust`` on the session manager with a
+        :class:`TrustLevel` value); devices left undecided are not encrypted for."""
+
+    # -- slixmpp plugin life cycle ------------------------------------------------------------------
+
+    def plugin_init(self) -> None:
+        self._manager: Optional[asyncio.Future[SessionManager]] = None
+        self.xmpp.add_event_handler("session_start", self._on_session_start)
+        self.xmpp.add_event_handler("pubsub_publish", self._on_pubsub_publish)
+
+    def plugin_end(self) -> None:
+        self.xmpp.del_event_handler("session_start", self._on_session_start)
+        self.xmpp.del_event_handler("pubsub_publish", self._on_pubsub_publish)
+        for node in DEVICE_LIST_NODES.values():
+            self.xmpp.plugin["xep_0163"].remove_interest(node)
+
+    def post_init(self) -> None:
+        for node in DEVICE_LIST_NODES.values():
+            self.xmpp.plugin["xep_0163"].add_interest(node)
+
+    def _manager_future(self) -> asyncio.Future[SessionManager]:
+        if self._manager is None:
+            self._manager = asyncio.get_running_loop().create_future()
+        return self._manager
+
+    async def _on_session_start(self, _event: Any) -> None:
+        future = self._manager_future()
+        if future.done():
+            return
+        try:
+            storage = self.storage
+            manager_class = _manager_class(self)
+            if self.legacy_storage is not None:
+
+                async def download(bare_jid: str, device_id: int) -> Any:
+                    return await manager_class._download_bundle(NSL, bare_jid, device_id)
+
+                await oldmemo.migrations.migrate(
+                    self.legacy_storage,
+                    storage,
+                    TrustLevel.TRUSTED.value,
+                    TrustLevel.UNDECIDED.value,
+                    TrustLevel.DISTRUSTED.value,
+                    download,
+                )
+            backends = {NS2: twomemo.Twomemo, NSL: oldmemo.Oldmemo}
+            manager = await manager_class.create(
+                [backends[namespace](storage) for namespace in self.namespaces],
+                storage,
+                self.xmpp.boundjid.bare,
+                None,
+                TrustLevel.UNDECIDED.value,
+            )
+            await manager.after_history_sync()
+        except Exception as exc:
+            _log.exception("OMEMO could not be set up")
+            future.set_exception(exc)
+            return
+        future.set_result(manager)
+        self.xmpp.event("omemo_initialized")
+
+    async def _on_pubsub_publish(self, stanza: Stanza) -> None:
+        node = stanza["pubsub_event"]["items"]["node"]
+        namespaces = [ns for ns, name in DEVICE_LIST_NODES.items() if name == node]
+        if not namespaces:
+            return
+        namespace, sender = namespaces[0], _bare(stanza["from"] or self.xmpp.boundjid.bare)
+        payloads = [item.xml.find("*") for item in stanza["pubsub_event"]["items"]]
+        payloads = [payload for payload in payloads if payload is not None]
+        if not payloads:
+            return
+        try:
+            device_list = ETREE[namespace].parse_device_list(payloads[-1])
+            manager = await self.get_session_manager()
+            await manager.update_device_list(namespace, sender, device_list)
+        except (ValueError, OMEMOException) as exc:
+            _log.warning("ignoring the %s device list of %s: %s", namespace, sender, exc)
+
+    # -- the API of slixmpp-omemo's XEP_0384 --------------------------------------------------------
+
+    async def get_session_manager(self) -> SessionManager:
+        """The session manager of this account, once set up (after ``session_start``)."""
+        return await asyncio.shield(self._manager_future())
+
+    async def refresh_device_lists(self, jids: Set[JID], force_download: bool = False) -> None:
+        """Make sure the device lists of ``jids`` are known: downloaded if nothing is known of an
+        account yet, or always with ``force_download``. Subscribes to them, so that changes arrive."""
+        manager = await self.get_session_manager()
+        for jid in {_bare(jid) for jid in jids}:
+            known = await manager.get_device_information(jid)
+            for namespace, node in DEVICE_LIST_NODES.items():
+                if force_download or not known:
+                    try:
+                        await manager.refresh_device_list(namespace, jid)
+                    except (DeviceListDownloadFailed, OMEMOException) as exc:
+                        _log.info("could not download the %s device list of %s: %s", namespace, jid, exc)
+                await self._subscribe(jid, node)
+
+    async def _subscribe(self, jid: str, node: str) -> None:
+        if jid == self.xmpp.boundjid.bare:
+            return
+        try:
+            pubsub: Any = self.xmpp.plugin["xep_0060"]
+            await pubsub.subscribe(JID(jid), node)
+        except Exception as exc:  # best effort: +notify covers contacts with a presence subscription
+            _log.debug("could not subscribe to %s of %s: %r", node, jid, exc)
+
+    def is_encrypted(self, stanza: Stanza) -> Set[str]:
+        """The namespaces of the OMEMO ``<encrypted>`` elements of ``stanza`` (empty if none)."""
+        return {ns for ns in (NS2, NSL) if stanza.xml.find(f"{{{ns}}}encrypted") is not None}
+
+    async def encrypt_message(
+        self,
+        stanza: Stanza,
+        recipient_jids: Union[JID, Set[JID]],
+        identifier: Optional[str] = None,
+    ) -> Tuple[Optional[Stanza], FrozenSet[EncryptionError]]:
+        """Encrypt ``stanza`` for the devices of ``recipient_jids`` (and the own other devices).
+
+        Returns ONE stanza with an ``<encrypted>`` element per namespace the devices need (each device
+        gets OMEMO 2 if it has it). OMEMO 2 carries an XEP-0420 envelope with every element of the
+        stanza that belongs inside (body, chat states, markers, reactions...), so stanzas without a body
+        are encrypted too; legacy carries the body only (devices that only speak legacy get nothing for
+        a stanza without a body). The stanza has the store hint, EME, the source's id and origin-id,
+        and a fallback body.
+
+        Returns:
+            The encrypted stanza (``None`` if no device could be reached), and the non-critical errors.
+
+        Raises:
+            NoEligibleDevices, StillUndecided, ...: as :meth:`omemo.session_manager.SessionManager.encrypt`.
+        """
+        manager = await self.get_session_manager()
+        recipients = {
+            _bare(jid) for jid in (recipient_jids if isinstance(recipient_jids, set) else {recipient_jids})
+        }
+        await self.refresh_device_lists({JID(jid) for jid in recipients})
+        content = [copy.deepcopy(child) for child in stanza.xml if _inside(child.tag)]
+        body = stanza["body"]
+        to = (
+            _bare(stanza["to"])
+            if stanza["to"]
+            else (next(iter(recipients)) if len(recipients) == 1 else None)
+        )
+        plaintext: Dict[str, bytes] = {}
+        if content:
+            plaintext[NS2] = sce.build_envelope(content, to=to, from_=self.xmpp.boundjid.bare)
+        if body:
+            plaintext[NSL] = body.encode("utf-8")
+        if not plaintext:
+            raise ValueError("the stanza has nothing to encrypt")
+        order = [ns for ns in self.namespaces if ns in plaintext]
+        if not order:
+            raise ValueError("the stanza has nothing to encrypt for the namespaces in use")
+        plaintext = {ns: plaintext[ns] for ns in order}
+        messages, errors = await manager.encrypt(frozenset(recipients), plaintext, order, identifier)
+        if not messages:
+            return None, errors
+        result = self.xmpp.make_message(
+            mto=stanza["to"], mfrom=stanza["from"], mtype=stanza["type"] or "chat"
+        )
+        if stanza["id"]:
+            result["id"] = stanza["id"]
+        for child in stanza.xml:
+            if child.tag == "{urn:xmpp:sid:0}origin-id":
+                result.xml.append(copy.deepcopy(child))
+        for message in sorted(messages, key=lambda m: order.index(m.namespace)):
+            result.xml.append(ETREE[message.namespace].serialize_message(message))
+        best = min((message.namespace for message in messages), key=order.index)
+        result.xml.append(ET.Element(f"{{{_EME}}}encryption", {"namespace": best, "name": "OMEMO"}))
+        result.xml.append(ET.Element(f"{{{_HINTS}}}store"))
+        result["body"] = self.fallback_message
+        return result, errors
+
+    async def decrypt_message(self, stanza: Stanza) -> Tuple[Stanza, DeviceInformation]:
+        """Decrypt an OMEMO stanza (OMEMO 2 preferred when it carries both namespaces).
+
+        For OMEMO 2 the envelope's affixes are verified against the stanza (``<from>`` and ``<to>``
+        bare JIDs, ``<time>`` against ``<delay>`` or now) before anything is stored, and server-processed
+        elements found inside are dropped.
+
+        Returns:
+            A copy of the stanza that holds the decrypted content instead of the encrypted elements
+            (no body for an empty message), and the sending device.
+
+        Raises:
+            ValueError: the stanza holds no OMEMO element.
+            omemo.sce.SCEError: the envelope is malformed or its affixes do not match the stanza.
+            Everything :meth:`omemo.session_manager.SessionManager.decrypt` raises.
+        """
+        manager = await self.get_session_manager()
+        namespaces = [ns for ns in self.namespaces if ns in self.is_encrypted(stanza)]
+        if not namespaces:
+            raise ValueError("the stanza holds no OMEMO <encrypted> element")
+        sender = _bare(stanza["from"])
+        last: Optional[Exception] = None
+        for namespace in namespaces:
+            element = stanza.xml.find(f"{{{namespace}}}encrypted")
+            assert element is not None
+            try:
+                return await self._decrypt_one(manager, stanza, namespace, element, sender)
+            except MessageNotForUs as exc:  # maybe the other element has a key for us
+                last = exc
+        assert last is not None
+        raise last
+
+    def _reply_frame(self, stanza: Stanza) -> Stanza:
+        """A new message stanza with the addressing, type and id of ``stanza``."""
+        result: Stanza = self.xmpp.make_message(
+            mto=stanza["to"], mfrom=stanza["from"], mtype=stanza["type"] or "chat"
+        )
+        if stanza["id"]:
+            result["id"] = stanza["id"]
+        return result
+
+    async def _decrypt_one(
+        self, manager: SessionManager, stanza: Stanza, namespace: str, element: ET.Element, sender: str
+    ) -> Tuple[Stanza, DeviceInformation]:
+        if namespace == NS2:
+            message: Message = twomemo.etree.parse_message(element, sender)
+        else:
+            message = await oldmemo.etree.parse_message(element, sender, self.xmpp.boundjid.bare, manager)
+        content: List[ET.Element] = []
+
+        async def check(plaintext: Optional[bytes], _device: DeviceInformation) -> None:
+            if plaintext is None:
+                return
+            if namespace == NS2:
+                envelope = sce.parse_envelope(
+                    plaintext,
+                    expected_from=sender,
+                    expected_to=_bare(stanza["to"]) if stanza["to"] else self.xmpp.boundjid.bare,
+                    now=_sent_at(stanza),
+                    max_skew=self.max_skew,
+                    groupchat=stanza["type"] == "groupchat",
+                )
+                content.extend(envelope.content)
+            else:
+                body = ET.Element(f"{{{_CLIENT}}}body")
+                body.text = plaintext.decode("utf-8", errors="replace")
+                content.append(body)
+
+        core = manager._omemo_core
+        _, device, _ = await _core_decrypt(core, message, check)
+        result = copy.copy(stanza)
+        result = self.xmpp.make_message(
+            mto=stanza["to"], mfrom=stanza["from"], mtype=stanza["type"] or "chat"
+        )
+        if stanza["id"]:
+            result["id"] = stanza["id"]
+        for child in stanza.xml:
+            if (
+                child.tag in _OUTSIDE
+                or child.tag.startswith(f"{{{_EME}}}")
+                or child.tag == f"{{{_CLIENT}}}body"
+            ):
+                continue
+            result.xml.append(copy.deepcopy(child))
+        for child in content:
+            result.xml.append(child)
+        return result, device
+
+
+def _inside(tag: str) -> bool:
+    """Whether a child of a source stanza goes into the OMEMO 2 envelope."""
+    if tag in _OUTSIDE or sce.is_server_processed(tag) or tag.startswith(f"{{{_EME}}}"):
+        return False
+    return not tag.startswith(f"{{{_CLIENT}}}") or tag == sce.BODY_TAG
+
+
+def _sent_at(stanza: Stanza) -> datetime:
+    """When the stanza was sent: its XEP-0203 ``<delay>`` (offline or archived delivery), else now."""
+    delay = stanza.xml.find(_DELAY)
+    if delay is not None:
+        stamp = delay.get("stamp", "")
+        try:
+            when = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+            if when.tzinfo is not None:
+                return when
+        except ValueError:
+            pass
+    return datetime.now(timezone.utc)

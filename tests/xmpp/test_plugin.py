@@ -1,0 +1,161 @@
+"""omemo_slixmpp end to end: two slixmpp clients with our plugin, through a real Prosody on loopback.
+
+Each test uses fresh accounts on one server per module; messages cross the server as stanzas.
+"""
+
+from __future__ import annotations
+
+import itertools
+import xml.etree.ElementTree as ET
+from datetime import datetime, timedelta, timezone
+from typing import AsyncIterator, Iterator, Tuple
+
+import pytest
+
+from omemo import sce
+from omemo_slixmpp import XEP_0384
+
+from .clients import Client, connect, disconnect, recipients
+from .server import Prosody, start_prosody_or_skip
+
+NS2, NSL = "urn:xmpp:omemo:2", "eu.siacs.conversations.axolotl"
+_names = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Prosody]:
+    prosody = start_prosody_or_skip()
+    try:
+        yield prosody
+    finally:
+        prosody.close()
+
+
+@pytest.fixture
+async def pair(server: Prosody) -> AsyncIterator[Tuple[Client, Client]]:
+    n = next(_names)
+    alice, bob = await connect(server, f"alice{n}"), await connect(server, f"bob{n}")
+    try:
+        yield alice, bob
+    finally:
+        await disconnect(alice, bob)
+
+
+def _chat(sender: Client, recipient: Client, body: str = "") -> object:
+    stanza = sender.make_message(mto=recipient.boundjid.bare, mtype="chat")
+    if body:
+        stanza["body"] = body
+    return stanza
+
+
+async def _send(sender: Client, recipient: Client, stanza: object) -> object:
+    encrypted, errors = await sender.omemo.encrypt_message(stanza, recipients(recipient.boundjid.bare))  # type: ignore[arg-type]
+    assert encrypted is not None and not errors
+    encrypted.send()
+    return encrypted
+
+
+async def test_both_ways_over_omemo2_with_both_namespaces_in_one_stanza(pair: Tuple[Client, Client]) -> None:
+    alice, bob = pair
+    encrypted = await _send(alice, bob, _chat(alice, bob, "hello bob"))
+    xml = encrypted.xml  # type: ignore[attr-defined]
+    # One stanza: an <encrypted> per namespace the devices need (ours speak OMEMO 2: one), EME, store
+    # hint, fallback body; no plaintext.
+    assert xml.find(f"{{{NS2}}}encrypted") is not None
+    assert xml.find("{urn:xmpp:eme:0}encryption").get("namespace") == NS2
+    assert xml.find("{urn:xmpp:hints}store") is not None
+    assert "hello bob" not in ET.tostring(xml, encoding="unicode")
+    received = await bob.next_message()
+    assert bob.omemo.is_encrypted(received) == {NS2}
+    decrypted, device = await bob.omemo.decrypt_message(received)
+    assert decrypted["body"] == "hello bob"
+    assert device.bare_jid == alice.boundjid.bare
+    await _send(bob, alice, _chat(bob, alice, "hello alice"))
+    decrypted, _ = await alice.omemo.decrypt_message(await alice.next_message())
+    assert decrypted["body"] == "hello alice"
+    # Nothing in clear on either stream.
+    for text in ("hello bob", "hello alice"):
+        assert not any(text in data for data in alice.wire + bob.wire)
+
+
+async def test_a_stanza_without_body_is_encrypted_for_omemo2(pair: Tuple[Client, Client]) -> None:
+    alice, bob = pair
+    stanza = _chat(alice, bob)
+    ET.SubElement(stanza.xml, "{http://jabber.org/protocol/chatstates}composing")  # type: ignore[attr-defined]
+    await _send(alice, bob, stanza)
+    decrypted, _ = await bob.omemo.decrypt_message(await bob.next_message())
+    assert not decrypted["body"]
+    assert decrypted.xml.find("{http://jabber.org/protocol/chatstates}composing") is not None
+
+
+async def test_a_wrong_to_affix_is_refused_and_nothing_is_stored(
+    pair: Tuple[Client, Client], server: Prosody
+) -> None:
+    alice, bob = pair
+    carol = await connect(server, f"carol{next(_names)}")
+    try:
+        # Alice encrypts for Bob an envelope whose <to> names Carol: Bob refuses it.
+        stanza = _chat(alice, bob, "for carol")
+        stanza["to"] = carol.boundjid.bare  # type: ignore[index]
+        encrypted, _ = await alice.omemo.encrypt_message(stanza, recipients(bob.boundjid.bare))  # type: ignore[arg-type]
+        assert encrypted is not None
+        encrypted["to"] = bob.boundjid.bare
+        encrypted.send()
+        received = await bob.next_message()
+        with pytest.raises(sce.AffixMismatch):
+            await bob.omemo.decrypt_message(received)
+        # Nothing was stored: a genuine message still decrypts.
+        await _send(alice, bob, _chat(alice, bob, "genuine"))
+        decrypted, _ = await bob.omemo.decrypt_message(await bob.next_message())
+        assert decrypted["body"] == "genuine"
+    finally:
+        await disconnect(carol)
+
+
+async def test_an_old_envelope_is_refused(pair: Tuple[Client, Client]) -> None:
+    alice, bob = pair
+    await _send(alice, bob, _chat(alice, bob, "now"))
+    await bob.omemo.decrypt_message(await bob.next_message())
+    # The same stanza "sent" two hours later (a <delay> from then): outside the allowed skew.
+    await _send(alice, bob, _chat(alice, bob, "replayed later"))
+    received = await bob.next_message()
+    delay = ET.SubElement(received.xml, "{urn:xmpp:delay}delay")
+    delay.set("stamp", (datetime.now(timezone.utc) + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    with pytest.raises(sce.TimestampOutOfRange):
+        await bob.omemo.decrypt_message(received)
+
+
+async def test_one_stanza_for_a_legacy_only_and_an_omemo2_only_device(server: Prosody) -> None:
+    # Bob has two devices: one speaks only legacy OMEMO, the other only OMEMO 2.
+    n = next(_names)
+    alice = await connect(server, f"alice{n}")
+    old = await connect(server, f"bob{n}", namespaces=(NSL,), resource="old")
+    new = await connect(server, f"bob{n}", namespaces=(NS2,), resource="new")
+    try:
+        encrypted = await _send(alice, old, _chat(alice, old, "to both devices"))
+        assert alice.omemo.is_encrypted(encrypted) == {NS2, NSL}  # type: ignore[arg-type]
+        for device in (old, new):
+            decrypted, _ = await device.omemo.decrypt_message(await device.next_message())
+            assert decrypted["body"] == "to both devices"
+    finally:
+        await disconnect(alice, old, new)
+
+
+async def test_legacy_both_ways(server: Prosody) -> None:
+    n = next(_names)
+    alice = await connect(server, f"alice{n}", namespaces=(NSL,))
+    bob = await connect(server, f"bob{n}", namespaces=(NSL,))
+    try:
+        encrypted = await _send(alice, bob, _chat(alice, bob, "legacy hello"))
+        assert alice.omemo.is_encrypted(encrypted) == {NSL}  # type: ignore[arg-type]
+        decrypted, _ = await bob.omemo.decrypt_message(await bob.next_message())
+        assert decrypted["body"] == "legacy hello"
+        await _send(bob, alice, _chat(bob, alice, "legacy reply"))
+        decrypted, _ = await alice.omemo.decrypt_message(await alice.next_message())
+        assert decrypted["body"] == "legacy reply"
+    finally:
+        await disconnect(alice, bob)
+
+
+def test_the_plugin_class_is_registered_under_its_xep_name() -> None:
+    assert XEP_0384.name == "xep_0384"
