@@ -5,5 +5,6 @@ Install with ``pip install 'omemo-stack[slixmpp]'``; see docs/xmpp.md.
 """
 
 from .plugin import XEP_0384, TrustLevel
+from .ready import XEP_0384SQLite
 
-__all__ = ["XEP_0384", "TrustLevel"]
+__all__ = ["XEP_0384", "TrustLevel", "XEP_0384SQLite"]

@@ -18,7 +18,7 @@ from omemo_slixmpp import XEP_0384
 
 from .server import Prosody
 
-__all__ = ["Client", "TestPlugin", "connect"]
+__all__ = ["Client", "TestPlugin", "connect", "connect_plain", "disconnect", "recipients"]
 
 
 class TestPlugin(XEP_0384):
@@ -110,3 +110,22 @@ def recipients(*jids: str) -> Set[Any]:
     from slixmpp.jid import JID
 
     return {JID(jid) for jid in jids}
+
+
+async def connect_plain(server: Prosody, jid: str, password: str = "secret") -> ClientXMPP:
+    """A client without OMEMO (to prepare an account's PEP nodes by hand)."""
+    client = ClientXMPP(jid, password)
+    client.enable_direct_tls = False
+    client.ssl_context = ssl.create_default_context(cafile=str(server.cafile))
+    for plugin in ("xep_0004", "xep_0030", "xep_0060"):
+        client.register_plugin(plugin)
+    started = asyncio.get_running_loop().create_future()
+
+    def on_start(_event: Any) -> None:
+        if not started.done():
+            started.set_result(True)
+
+    client.add_event_handler("session_start", on_start)
+    client.connect(server.host, server.port)
+    await asyncio.wait_for(started, 20)
+    return client

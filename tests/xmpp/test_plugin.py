@@ -5,20 +5,28 @@ Each test uses fresh accounts on one server per module; messages cross the serve
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from datetime import datetime, timedelta, timezone
-from typing import AsyncIterator, Iterator, Tuple
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterator, Tuple, cast
 
 import pytest
 
 from omemo import sce
+from omemo.storages import SQLiteStorage
+from omemo.types import OMEMOException
 from omemo_slixmpp import XEP_0384
+from omemo_slixmpp._pep import DEVICE_LIST_NODES as NODES
 
-from .clients import Client, connect, disconnect, recipients
+from .clients import Client, connect, connect_plain, disconnect, recipients
 from .server import Prosody, start_prosody_or_skip
 
 NS2, NSL = "urn:xmpp:omemo:2", "eu.siacs.conversations.axolotl"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "omemo_bot.py"
 _names = itertools.count()
 
 
@@ -159,3 +167,121 @@ async def test_legacy_both_ways(server: Prosody) -> None:
 
 def test_the_plugin_class_is_registered_under_its_xep_name() -> None:
     assert XEP_0384.name == "xep_0384"
+
+
+async def test_the_example_bot_echoes(server: Prosody, tmp_path: Path) -> None:
+    n = next(_names)
+    bot_jid = server.register(f"bot{n}", "botpass")
+    command = [
+        sys.executable,
+        str(EXAMPLE),
+        bot_jid,
+        "botpass",
+        str(tmp_path / "bot.sqlite"),
+        "--host",
+        server.host,
+        "--port",
+        str(server.port),
+        "--cafile",
+        str(server.cafile),
+    ]
+    bot = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    user = await connect(server, f"user{n}")
+    try:
+        reply = None
+        for _ in range(40):  # until the bot is up (it publishes its device lists at start)
+            await asyncio.sleep(0.25)
+            manager = await user.omemo.get_session_manager()
+            await user.omemo.refresh_device_lists(recipients(bot_jid), force_download=True)
+            if await manager.get_device_information(bot_jid):
+                break
+        stanza = user.make_message(mto=bot_jid, mtype="chat")
+        stanza["body"] = "echo this"
+        await _send_to(user, bot_jid, stanza)
+        reply = await user.next_message(timeout=15)
+        decrypted, device = await user.omemo.decrypt_message(reply)
+        assert decrypted["body"] == "echo this" and device.bare_jid == bot_jid
+    finally:
+        bot.terminate()
+        output = bot.communicate(timeout=10)[0].decode(errors="replace")
+        await disconnect(user)
+    assert "Traceback" not in output, output
+
+
+async def _send_to(sender: Client, jid: str, stanza: object) -> None:
+    encrypted, errors = await sender.omemo.encrypt_message(stanza, recipients(jid))  # type: ignore[arg-type]
+    assert encrypted is not None and not errors
+    encrypted.send()
+
+
+async def test_offline_delivery_and_a_restart_from_storage_without_new_key_exchanges(
+    server: Prosody, tmp_path: Path
+) -> None:
+    n = next(_names)
+    alice = await connect(server, f"alice{n}")
+    async with SQLiteStorage(tmp_path / "bob.sqlite") as storage:
+        bob = await connect(server, f"bob{n}", storage=storage)
+        await _send(alice, bob, _chat(alice, bob, "first"))
+        await bob.omemo.decrypt_message(await bob.next_message())
+        await _send(bob, alice, _chat(bob, alice, "answer"))
+        await alice.omemo.decrypt_message(await alice.next_message())
+        await disconnect(bob)
+        # Bob is offline: the server keeps the message and delivers it with <delay> at his next login,
+        # to the same device restarted from its storage.
+        await _send_to(alice, f"bob{n}@{server.domain}", _chat(alice, bob, "while you were away"))
+        bob = await connect(server, f"bob{n}", storage=storage)
+        received = await bob.next_message()
+        assert received.xml.find("{urn:xmpp:delay}delay") is not None
+        encrypted = received.xml.find(f"{{{NS2}}}encrypted")
+        assert encrypted is not None
+        assert all(key.get("kex") in (None, "false") for key in encrypted.iter(f"{{{NS2}}}key"))
+        decrypted, _ = await bob.omemo.decrypt_message(received)
+        assert decrypted["body"] == "while you were away"
+        await disconnect(alice, bob)
+
+
+async def test_a_burst_of_50_concurrent_messages_is_decrypted_exactly_once(
+    pair: Tuple[Client, Client],
+) -> None:
+    alice, bob = pair
+    await _send(alice, bob, _chat(alice, bob, "warm up"))
+    await bob.omemo.decrypt_message(await bob.next_message())
+    texts = [f"message {i}" for i in range(50)]
+    await asyncio.gather(*(_send(alice, bob, _chat(alice, bob, text)) for text in texts))
+    received = [await bob.next_message() for _ in texts]
+    results = await asyncio.gather(*(bob.omemo.decrypt_message(stanza) for stanza in received))
+    assert sorted(decrypted["body"] for decrypted, _ in results) == sorted(texts)
+    with pytest.raises(OMEMOException):  # exactly once: a second delivery is refused
+        await bob.omemo.decrypt_message(received[0])
+
+
+async def test_a_node_with_the_wrong_access_model_is_repaired(server: Prosody) -> None:
+    n = next(_names)
+    jid = server.register(f"dave{n}", "secret")
+    # Before Dave's OMEMO client ever runs, his legacy device-list node exists with access_model=presence.
+    pre = await connect_plain(server, jid)
+    form = cast(Any, pre.plugin)["xep_0004"].make_form("submit")
+    form.add_field(var="FORM_TYPE", ftype="hidden", value="http://jabber.org/protocol/pubsub#node_config")
+    form.add_field(var="pubsub#access_model", value="presence")
+    await cast(Any, pre.plugin["xep_0060"]).create_node(pre.boundjid.bare, NODES[NSL], config=form)
+    await pre.disconnect()
+    dave = await connect(server, f"dave{n}")
+    eve = await connect(server, f"eve{n}")
+    try:
+        # Eve (no presence subscription) can read his list: the node was reconfigured to open.
+        manager = await eve.omemo.get_session_manager()
+        await manager.refresh_device_list(NSL, jid)
+        (info,) = await manager.get_device_information(jid)
+        assert (NSL, True) in info.active
+    finally:
+        await disconnect(dave, eve)
+
+
+def test_no_plaintext_in_the_servers_data(server: Prosody) -> None:
+    # Every message text the tests above sent (they all start with these words) is nowhere on disk.
+    data = b"".join(path.read_bytes() for path in server.data_files() if path.is_file())
+    assert data, "the server stored nothing at all"
+    for secret in (b"hello bob", b"while you were away", b"to both devices", b"legacy hello", b"echo this"):
+        assert secret not in data
