@@ -1,9 +1,11 @@
 """An OMEMO echo bot in a few lines: answers every encrypted message with its own text, encrypted.
 
-    .venv/bin/python examples/omemo_bot.py JID PASSWORD DATA.sqlite [--host H --port P --cafile CERT]
+    .venv/bin/python examples/omemo_bot.py JID PASSWORD DATA.sqlite [--legacy-only]
+                                           [--host H --port P --cafile CERT]
 
 Speaks OMEMO 2 and legacy OMEMO (omemo_slixmpp.XEP_0384SQLite: SQLite storage, blind trust before
-verification). The options after DATA.sqlite are for test servers (a self-signed certificate).
+verification); --legacy-only for peers that announce OMEMO 2 but cannot read it (slixmpp-omemo 2.2).
+The options after that are for test servers (a self-signed certificate).
 """
 
 import argparse
@@ -21,11 +23,14 @@ register_plugin(omemo_slixmpp.XEP_0384SQLite)
 
 
 class EchoBot(ClientXMPP):
-    def __init__(self, jid: str, password: str, data_path: str) -> None:
+    def __init__(self, jid: str, password: str, data_path: str, legacy_only: bool = False) -> None:
         super().__init__(jid, password)
         for plugin in ("xep_0030", "xep_0060", "xep_0163", "xep_0280", "xep_0334", "xep_0380"):
             self.register_plugin(plugin)
-        self.register_plugin("xep_0384", {"data_path": data_path}, module=omemo_slixmpp)
+        config: dict[str, object] = {"data_path": data_path}
+        if legacy_only:
+            config["namespaces"] = ("eu.siacs.conversations.axolotl",)
+        self.register_plugin("xep_0384", config, module=omemo_slixmpp)
         self.add_event_handler("session_start", lambda _: self.send_presence())
         self.add_event_handler("message", self.on_message)
 
@@ -48,13 +53,14 @@ def main() -> None:
     parser.add_argument("jid")
     parser.add_argument("password")
     parser.add_argument("data_path")
+    parser.add_argument("--legacy-only", action="store_true")
     parser.add_argument("--host")
     parser.add_argument("--port", type=int, default=5222)
     parser.add_argument("--cafile")
     args = parser.parse_args()
 
     async def run() -> None:
-        bot = EchoBot(args.jid, args.password, args.data_path)
+        bot = EchoBot(args.jid, args.password, args.data_path, args.legacy_only)
         if args.cafile:
             bot.enable_direct_tls = False
             bot.ssl_context = ssl.create_default_context(cafile=args.cafile)

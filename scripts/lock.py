@@ -20,6 +20,7 @@ same version everywhere):
 - ``runtime.txt``: runtime dependencies, build backend and uv: ``scripts/bootstrap.sh`` (the demo).
 - ``bench.txt``: ``dev`` plus the ``bench`` extra: ``scripts/bootstrap.sh bench``.
 - ``reference.txt``: the reference stack's venv of the interop tests (``tests/interop/refenv.py``).
+- ``slixmpp-omemo.txt``: slixmpp-omemo on the reference stack, the legacy peer of ``tests/xmpp``.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ class Lock:
     extras: Tuple[str, ...] = ()
     #: Earlier locks whose versions this one must keep.
     constraints: Tuple[str, ...] = ()
+    #: The oldest Python the environment runs on (a peer venv may need a newer one than the project).
+    python_floor: str = PYTHON_FLOOR
 
     @property
     def path(self) -> Path:
@@ -71,6 +74,7 @@ LOCK_FILES = (
     Lock("runtime", inputs=("build.in", "uv.in"), project=True, constraints=("dev",)),
     Lock("bench", inputs=("build.in",), project=True, extras=("dev", "bench"), constraints=("dev",)),
     Lock("reference", inputs=("reference.in",)),
+    Lock("slixmpp-omemo", inputs=("slixmpp-omemo.in",), python_floor="3.11"),
 )
 
 
@@ -87,7 +91,7 @@ def _pyproject_requirements(extras: Tuple[str, ...]) -> Dict[str, object]:
 def inputs_digest(lock: Lock) -> str:
     """Returns: the SHA-256 (hex) of everything ``lock`` is compiled from."""
     document = {
-        "python-floor": PYTHON_FLOOR,
+        "python-floor": lock.python_floor,
         "inputs": {name: (LOCKS / name).read_text() for name in lock.inputs},
         "project": _pyproject_requirements(lock.extras) if lock.project else None,
         "constraints": {name: (LOCKS / f"{name}.txt").read_text() for name in lock.constraints},
@@ -120,7 +124,7 @@ def _uv() -> str:
 def compile_lock(lock: Lock, uv: str) -> None:
     """Re-resolve ``lock`` with uv and write it with its inputs digest."""
     command = [uv, "pip", "compile", "--universal", "--generate-hashes"]
-    command += ["--python-version", PYTHON_FLOOR, "--no-header", "--upgrade"]
+    command += ["--python-version", lock.python_floor, "--no-header", "--upgrade"]
     if lock.project:
         command.append("pyproject.toml")
         for extra in lock.extras:

@@ -34,6 +34,7 @@ from typing import Dict, List, Optional
 
 __all__ = [
     "REFERENCE",
+    "SLIXMPP_OMEMO",
     "PeerEnv",
     "ReferenceEnvError",
     "ensure_peer_env",
@@ -73,6 +74,17 @@ REFERENCE = PeerEnv(
     ),
     versions={name: REFERENCE_VERSION for name in ("omemo", "twomemo", "oldmemo")},
     location_variable="OMEMO_REFENV",
+)
+
+
+SLIXMPP_OMEMO = PeerEnv(
+    name="slixmpp-omemo",
+    check_script=(
+        "import json, importlib.metadata as md\n"
+        "import slixmpp_omemo, slixmpp, omemo, twomemo.etree, oldmemo.etree\n"
+        'print(json.dumps({n: md.version(n) for n in ("slixmpp-omemo", "slixmpp", "omemo")}))\n'
+    ),
+    versions={"slixmpp-omemo": "2.2.0", "slixmpp": "1.17.0", "omemo": REFERENCE_VERSION},
 )
 
 

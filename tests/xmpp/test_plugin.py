@@ -12,10 +12,11 @@ import sys
 import xml.etree.ElementTree as ET
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator, Tuple, cast
+from typing import Any, AsyncIterator, Iterator, List, Tuple, cast
 
 import pytest
 
+from interop.refenv import SLIXMPP_OMEMO, ReferenceEnvError, ensure_peer_env, on_ci
 from omemo import sce
 from omemo.storages import SQLiteStorage
 from omemo.types import OMEMOException
@@ -27,6 +28,7 @@ from .server import Prosody, start_prosody_or_skip
 
 NS2, NSL = "urn:xmpp:omemo:2", "eu.siacs.conversations.axolotl"
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "omemo_bot.py"
+PEER = Path(__file__).resolve().parent / "slixmpp_omemo_peer.py"
 _names = itertools.count()
 
 
@@ -285,3 +287,148 @@ def test_no_plaintext_in_the_servers_data(server: Prosody) -> None:
     assert data, "the server stored nothing at all"
     for secret in (b"hello bob", b"while you were away", b"to both devices", b"legacy hello", b"echo this"):
         assert secret not in data
+
+
+@pytest.fixture(scope="module")
+def slixmpp_omemo_python() -> Path:
+    try:
+        return ensure_peer_env(SLIXMPP_OMEMO)
+    except (ReferenceEnvError, OSError) as exc:
+        message = f"the slixmpp-omemo peer venv is not available: {exc}"
+        if on_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+async def _start_peer(python: Path, server: Prosody, user: str, state: Path) -> asyncio.subprocess.Process:
+    jid = server.register(user, "peerpass")
+    peer = await asyncio.create_subprocess_exec(
+        str(python),
+        str(PEER),
+        jid,
+        "peerpass",
+        server.host,
+        str(server.port),
+        str(server.cafile),
+        str(state),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    await _expect(peer, "READY")
+    return peer
+
+
+async def _expect(peer: asyncio.subprocess.Process, prefix: str, timeout: float = 20) -> str:
+    assert peer.stdout is not None
+    seen: List[str] = []
+    while True:
+        line = (await asyncio.wait_for(peer.stdout.readline(), timeout)).decode(errors="replace").strip()
+        if not line and peer.returncode is not None:
+            raise AssertionError(f"the peer ended: {seen}")
+        seen.append(line)
+        if line.startswith(prefix):
+            return line
+        if line.startswith("ERROR") or line.startswith("Traceback"):
+            raise AssertionError(f"the peer failed: {seen}")
+
+
+async def _stop_peer(peer: asyncio.subprocess.Process) -> None:
+    if peer.returncode is None:
+        peer.terminate()
+        try:
+            await asyncio.wait_for(peer.wait(), 10)
+        except asyncio.TimeoutError:
+            peer.kill()
+            await peer.wait()
+
+
+async def test_legacy_with_slixmpp_omemo_both_ways(
+    server: Prosody, slixmpp_omemo_python: Path, tmp_path: Path
+) -> None:
+    # slixmpp-omemo 2.2 announces OMEMO 2 but cannot read it: it is reached in legacy OMEMO only.
+    n = next(_names)
+    peer = await _start_peer(slixmpp_omemo_python, server, f"peer{n}", tmp_path / "peer.json")
+    ours = await connect(server, f"ours{n}", namespaces=(NSL,))
+    try:
+        peer_jid = f"peer{n}@{server.domain}"
+        await ours.omemo.refresh_device_lists(recipients(peer_jid), force_download=True)
+        stanza = ours.make_message(mto=peer_jid, mtype="chat")
+        stanza["body"] = "hello slixmpp-omemo"
+        await _send_to(ours, peer_jid, stanza)
+        assert "hello slixmpp-omemo" in await _expect(peer, "RECEIVED")
+        await _expect(peer, "SENT 0")
+        reply = await ours.next_message(timeout=15)
+        assert ours.omemo.is_encrypted(reply) == {NSL}
+        decrypted, device = await ours.omemo.decrypt_message(reply)
+        assert decrypted["body"] == "echo: hello slixmpp-omemo" and device.bare_jid == peer_jid
+    finally:
+        await _stop_peer(peer)
+        await disconnect(ours)
+
+
+async def test_the_example_bot_talks_to_slixmpp_omemo(
+    server: Prosody, slixmpp_omemo_python: Path, tmp_path: Path
+) -> None:
+    n = next(_names)
+    bot_jid = server.register(f"legacybot{n}", "botpass")
+    bot = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(EXAMPLE),
+        bot_jid,
+        "botpass",
+        str(tmp_path / "bot.sqlite"),
+        "--legacy-only",
+        "--host",
+        server.host,
+        "--port",
+        str(server.port),
+        "--cafile",
+        str(server.cafile),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    peer = await _start_peer(slixmpp_omemo_python, server, f"peer{n}", tmp_path / "peer.json")
+    try:
+        # The peer (slixmpp-omemo's own encrypt_message) writes to the bot; the bot echoes it (legacy);
+        # the peer decrypts the echo.
+        assert peer.stdin is not None
+        for attempt in range(20):  # until the bot has published its OMEMO data
+            peer.stdin.write(f"SEND {bot_jid} ping {attempt}\n".encode())
+            await peer.stdin.drain()
+            line = await _expect(peer, "SENT", timeout=15) if attempt < 19 else ""
+            if line.startswith("SENT 0"):
+                break
+            await asyncio.sleep(0.5)
+        received = await _expect(peer, "RECEIVED")
+        assert bot_jid in received and "ping" in received
+    finally:
+        await _stop_peer(peer)
+        bot.terminate()
+        await bot.wait()
+
+
+async def test_a_new_device_of_the_peer_appears(server: Prosody) -> None:
+    n = next(_names)
+    alice = await connect(server, f"alice{n}")
+    bob = await connect(server, f"bob{n}", resource="phone")
+    second = None
+    try:
+        await _send(alice, bob, _chat(alice, bob, "to the phone"))
+        await bob.omemo.decrypt_message(await bob.next_message())
+        # Bob starts a second device; Alice is subscribed to his device lists (she wrote to him), so the
+        # server tells her, and her next message reaches both devices.
+        second = await connect(server, f"bob{n}", resource="laptop")
+        manager = await alice.omemo.get_session_manager()
+        for _ in range(40):
+            if len(await manager.get_device_information(bob.boundjid.bare)) == 2:
+                break
+            await asyncio.sleep(0.1)
+        assert len(await manager.get_device_information(bob.boundjid.bare)) == 2
+        await _send(alice, bob, _chat(alice, bob, "to both"))
+        for device in (bob, second):
+            decrypted, _ = await device.omemo.decrypt_message(await device.next_message())
+            assert decrypted["body"] == "to both"
+    finally:
+        await disconnect(alice, bob, *([second] if second else []))
