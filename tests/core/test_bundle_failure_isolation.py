@@ -14,18 +14,13 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pytest
 
-import oldmemo
-import oldmemo.etree
-import twomemo
-import twomemo.etree
 from omemo.session_manager import BundleRejected, NoEligibleDevices, SenderNotFound
-from omemo.storages import MemoryStorage
 from omemo.testing import InMemoryXMPP
-from omemo.trust import BTBVTrust
 from omemo_engine.errors import MalformedXML
 
+from .xml_network import NS2, NSL, create, device_id, network
+
 ALICE, BOB = "alice@example.org", "bob@example.org"
-NS2, NSL = twomemo.twomemo.NAMESPACE, oldmemo.oldmemo.NAMESPACE
 OTHER = {NS2: NSL, NSL: NS2}
 PLAINTEXT = {NS2: b"<envelope/>", NSL: b"body"}
 #: The element and attribute of the signed pre key, and the element of its signature, per namespace.
@@ -57,26 +52,6 @@ CORRUPTIONS: Dict[str, Callable[[ET.Element, str], None]] = {
 }
 
 
-def _network() -> InMemoryXMPP:
-    return InMemoryXMPP(bundle_codecs={NS2: twomemo.etree, NSL: oldmemo.etree})
-
-
-async def _create(net: InMemoryXMPP, jid: str) -> Any:
-    storage = MemoryStorage()
-    cls = net.session_manager_class(jid, BTBVTrust)
-    manager = await cls.create(
-        [twomemo.Twomemo(storage), oldmemo.Oldmemo(storage)], storage, jid, None, BTBVTrust.UNDECIDED
-    )
-    await manager.after_history_sync()
-    return manager
-
-
-async def _device_id(manager: Any) -> int:
-    own, _ = await manager.get_own_device_information()
-    device_id: int = own.device_id
-    return device_id
-
-
 def _corrupt(net: InMemoryXMPP, namespace: str, jid: str, device_id: int, how: str) -> bytes:
     """Corrupt a published bundle; returns the good XML."""
     key = (namespace, jid, device_id)
@@ -88,15 +63,15 @@ def _corrupt(net: InMemoryXMPP, namespace: str, jid: str, device_id: int, how: s
 
 
 async def _deliver(net: InMemoryXMPP, manager: Any, jid: str) -> List[Tuple[Optional[bytes], Any, Any]]:
-    return [await manager.decrypt(message) for message in net.take(jid, await _device_id(manager))]
+    return [await manager.decrypt(message) for message in net.take(jid, await device_id(manager))]
 
 
 @pytest.mark.parametrize("how", list(CORRUPTIONS))
 @pytest.mark.parametrize("bad", [NSL, NS2], ids=["legacy bad", "omemo2 bad"])
 async def test_encryption_falls_back_to_the_namespace_whose_bundle_works(bad: str, how: str) -> None:
-    net = _network()
-    alice, bob = await _create(net, ALICE), await _create(net, BOB)
-    bob_id = await _device_id(bob)
+    net = network()
+    alice, bob = await create(net, ALICE), await create(net, BOB)
+    bob_id = await device_id(bob)
     _corrupt(net, bad, BOB, bob_id, how)
     good = OTHER[bad]
 
@@ -131,9 +106,9 @@ async def test_encryption_falls_back_to_the_namespace_whose_bundle_works(bad: st
 
 @pytest.mark.parametrize("bad", [NSL, NS2], ids=["legacy bad", "omemo2 bad"])
 async def test_without_a_fallback_the_rejection_is_explained(bad: str) -> None:
-    net = _network()
-    alice, bob = await _create(net, ALICE), await _create(net, BOB)
-    bob_id = await _device_id(bob)
+    net = network()
+    alice, bob = await create(net, ALICE), await create(net, BOB)
+    bob_id = await device_id(bob)
     _corrupt(net, bad, BOB, bob_id, "unparsable")
     # Only the bad namespace has a plaintext: nothing to fall back to.
     with pytest.raises(NoEligibleDevices, match="BundleRejected") as info:
@@ -147,9 +122,9 @@ async def test_without_a_fallback_the_rejection_is_explained(bad: str) -> None:
 async def test_a_key_exchange_in_the_bad_namespace_decrypts(bad: str) -> None:
     # Alice knows nothing of Bob; Bob starts a session in the namespace whose bundle Alice cannot
     # use. Alice learns his identity key from his other bundle and decrypts.
-    net = _network()
-    alice, bob = await _create(net, ALICE), await _create(net, BOB)
-    _corrupt(net, bad, BOB, await _device_id(bob), "unparsable")
+    net = network()
+    alice, bob = await create(net, ALICE), await create(net, BOB)
+    _corrupt(net, bad, BOB, await device_id(bob), "unparsable")
     messages, errors = await bob.encrypt(frozenset({ALICE}), PLAINTEXT, backend_priority_order=[bad])
     assert not errors
     for message in messages:
@@ -161,14 +136,14 @@ async def test_a_key_exchange_in_the_bad_namespace_decrypts(bad: str) -> None:
 
 
 async def test_a_sender_whose_bundles_are_all_rejected_is_reported_as_such() -> None:
-    net = _network()
-    alice, bob = await _create(net, ALICE), await _create(net, BOB)
-    bob_id = await _device_id(bob)
+    net = network()
+    alice, bob = await create(net, ALICE), await create(net, BOB)
+    bob_id = await device_id(bob)
     good = {namespace: _corrupt(net, namespace, BOB, bob_id, "unparsable") for namespace in (NS2, NSL)}
     messages, _ = await bob.encrypt(frozenset({ALICE}), PLAINTEXT)
     for message in messages:
         net.send(message)
-    [message] = net.take(ALICE, await _device_id(alice))
+    [message] = net.take(ALICE, await device_id(alice))
     with pytest.raises(SenderNotFound) as info:
         await alice.decrypt(message)
     text = str(info.value)

@@ -22,34 +22,12 @@ import oldmemo.etree
 import twomemo
 import twomemo.etree
 from omemo.message import Message
-from omemo.storages import MemoryStorage
-from omemo.testing import InMemoryXMPP
-from omemo.trust import BTBVTrust
 from omemo_engine import wire
 
+from .xml_network import NS2, NSL, create, device_id, network
+
 ALICE, BOB = "alice@example.org", "bob@example.org"
-NS2, NSL = twomemo.twomemo.NAMESPACE, oldmemo.oldmemo.NAMESPACE
 PLAINTEXT = {NS2: b"<envelope/>", NSL: b"body"}
-
-
-def _network() -> InMemoryXMPP:
-    return InMemoryXMPP(bundle_codecs={NS2: twomemo.etree, NSL: oldmemo.etree})
-
-
-async def _create(net: InMemoryXMPP, jid: str) -> Any:
-    storage = MemoryStorage()
-    cls = net.session_manager_class(jid, BTBVTrust)
-    manager = await cls.create(
-        [twomemo.Twomemo(storage), oldmemo.Oldmemo(storage)], storage, jid, None, BTBVTrust.UNDECIDED
-    )
-    await manager.after_history_sync()
-    return manager
-
-
-async def _device_id(manager: Any) -> int:
-    own, _ = await manager.get_own_device_information()
-    device_id: int = own.device_id
-    return device_id
 
 
 def _set_bit_255(key: bytes) -> bytes:
@@ -57,9 +35,9 @@ def _set_bit_255(key: bytes) -> bytes:
 
 
 async def test_a_legacy_identity_key_with_bit_255_set_gives_a_working_session() -> None:
-    net = _network()
-    alice, bob = await _create(net, ALICE), await _create(net, BOB)
-    bob_id = await _device_id(bob)
+    net = network()
+    alice, bob = await create(net, ALICE), await create(net, BOB)
+    bob_id = await device_id(bob)
     key = (NSL, BOB, bob_id)
     root = ET.fromstring(net.bundle_xml[key])
     identity = root.find(f"{{{NSL}}}identityKey")
@@ -117,8 +95,8 @@ async def _over_the_wire(message: Message, recipient: Any, flip: bool) -> Messag
 
 @pytest.mark.parametrize("namespace", [NS2, NSL], ids=["omemo2", "legacy"])
 async def test_a_repeated_key_exchange_after_one_with_bit_255_set_is_a_repeat(namespace: str) -> None:
-    net = _network()
-    alice, bob = await _create(net, ALICE), await _create(net, BOB)
+    net = network()
+    alice, bob = await create(net, ALICE), await create(net, BOB)
     sent: List[Message] = []
     for text in (b"first", b"second"):  # Bob does not answer in between: both carry the key exchange
         messages, _ = await alice.encrypt(
