@@ -76,6 +76,11 @@ _OUTSIDE = {f"{{{_CLIENT}}}{name}" for name in ("subject", "thread", "error", "h
 }
 
 
+class MalformedStanza(OMEMOException, ValueError):
+    """A stanza given to :meth:`XEP_0384.decrypt_message` is not one OMEMO message (no ``<encrypted>``
+    element of a namespace in use, or several of one namespace)."""
+
+
 class TrustLevel(Enum):
     """The trust levels the plugin stores (the names slixmpp-omemo uses)."""
 
@@ -439,14 +444,17 @@ class XEP_0384(BasePlugin, metaclass=ABCMeta):  # noqa: N801 - the XEP's plugin 
             (no body for an empty message), and the sending device.
 
         Raises:
-            ValueError: the stanza holds no OMEMO element.
+            MalformedStanza: the stanza holds no OMEMO element of a namespace in use, or several of one.
             omemo.sce.SCEError: the envelope is malformed or its affixes do not match the stanza.
             Everything :meth:`omemo.session_manager.SessionManager.decrypt` raises.
         """
         manager = await self.get_session_manager()
         namespaces = [ns for ns in self.namespaces if ns in self.is_encrypted(stanza)]
         if not namespaces:
-            raise ValueError("the stanza holds no OMEMO <encrypted> element")
+            raise MalformedStanza("the stanza holds no OMEMO <encrypted> element of a namespace in use")
+        for namespace in namespaces:
+            if len(stanza.xml.findall(f"{{{namespace}}}encrypted")) > 1:
+                raise MalformedStanza(f"the stanza holds more than one <encrypted> element of {namespace}")
         sender = _bare(stanza["from"])
         last: Optional[Exception] = None
         for namespace in namespaces:

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Iterator, List, Tuple, cast
 
 import pytest
+from slixmpp.stanza import Message
 
 from interop.refenv import SLIXMPP_OMEMO, ReferenceEnvError, ensure_peer_env, on_ci
 from omemo import sce
 from omemo.storages import SQLiteStorage
 from omemo.types import OMEMOException
-from omemo_slixmpp import XEP_0384
+from omemo_slixmpp import XEP_0384, MalformedStanza
 from omemo_slixmpp._pep import DEVICE_LIST_NODES as NODES
 
 from .clients import Client, connect, connect_plain, disconnect, recipients
@@ -432,3 +433,43 @@ async def test_a_new_device_of_the_peer_appears(server: Prosody) -> None:
             assert decrypted["body"] == "to both"
     finally:
         await disconnect(alice, bob, *([second] if second else []))
+
+
+async def test_bad_input_from_the_network(
+    pair: Tuple[Client, Client], caplog: pytest.LogCaptureFixture
+) -> None:
+    alice, bob = pair
+    encrypted = await _send(alice, bob, _chat(alice, bob, "genuine"))
+    received = await bob.next_message()
+    # Two <encrypted> elements of one namespace: a defined error, nothing decrypted or stored.
+    doubled = bob.make_message(mto=bob.boundjid.bare, mfrom=alice.boundjid, mtype="chat")
+    element = received.xml.find(f"{{{NS2}}}encrypted")
+    assert element is not None
+    doubled.xml.extend([ET.fromstring(ET.tostring(element)), ET.fromstring(ET.tostring(element))])
+    with pytest.raises(MalformedStanza, match="more than one"):
+        await bob.omemo.decrypt_message(doubled)
+    # No OMEMO element at all (an unknown namespace only).
+    other = bob.make_message(mto=bob.boundjid.bare, mfrom=alice.boundjid, mtype="chat")
+    ET.SubElement(other.xml, "{urn:xmpp:omemo:1}encrypted")
+    assert bob.omemo.is_encrypted(other) == set()
+    with pytest.raises(MalformedStanza):
+        await bob.omemo.decrypt_message(other)
+    # A malformed device-list notification is logged and skipped, not raised in the event handler.
+    bad = cast(Any, Message)(
+        bob,
+        ET.fromstring(
+            f"<message xmlns='jabber:client' from='{alice.boundjid.bare}' to='{bob.boundjid.bare}'>"
+            "<event xmlns='http://jabber.org/protocol/pubsub#event'>"
+            f"<items node='{NODES[NS2]}'><item id='current'><bundle xmlns='{NS2}'/></item></items>"
+            "</event></message>"
+        ),
+    )
+    with caplog.at_level("WARNING", logger="omemo_slixmpp"):
+        await bob.omemo._on_pubsub_publish(bob.make_message(mto=bob.boundjid.bare))  # no node: ignored
+        bob.event("pubsub_publish", bad)
+        await asyncio.sleep(0.2)
+    assert any("ignoring the urn:xmpp:omemo:2 device list" in r.getMessage() for r in caplog.records)
+    # The genuine message still decrypts after all of that.
+    decrypted, _ = await bob.omemo.decrypt_message(received)
+    assert decrypted["body"] == "genuine"
+    assert encrypted is not None
