@@ -137,3 +137,29 @@ async def test_a_reply_in_the_namespace_of_a_message_from_a_device_known_in_anot
     assert not errors and [m.namespace for m in replies] == [NSL]
     await alice.shutdown()
     await bob.shutdown()
+
+
+async def test_the_namespace_lookup_happens_once_per_account() -> None:
+    # Alice writes in legacy OMEMO, but her legacy device list does not list her device: Bob looks it up
+    # once, not for every message (a peer must not make each message cost a download).
+    net = InMemoryXMPP()
+    alice = await _create(net, ALICE, MemoryStorage())
+    bob = await _create(net, BOB, MemoryStorage())
+    await alice.after_history_sync()
+    await bob.after_history_sync()
+    messages, _ = await alice.encrypt(frozenset({BOB}), {NS2: b"<envelope/>"}, backend_priority_order=[NS2])
+    for message in messages:
+        net.send(message)
+    await _deliver(net, bob, BOB)
+    await _deliver(net, alice, ALICE)
+    net.device_lists[(NSL, ALICE)] = {}
+    net.calls.clear()
+    for text in (b"one", b"two", b"three"):
+        messages, _ = await alice.encrypt(frozenset({BOB}), {NSL: text}, backend_priority_order=[NSL])
+        for message in messages:
+            net.send(message)
+    assert [r[0] for r in await _deliver(net, bob, BOB)] == [b"one", b"two", b"three"]
+    lookups = [call for call in net.calls if call[:3] == ("download_device_list", NSL, ALICE)]
+    assert len(lookups) == 1
+    await alice.shutdown()
+    await bob.shutdown()

@@ -74,10 +74,12 @@ async def sender_information(core: Core, namespace: str, bare_jid: str, device_i
     """
     known = await core.known_device(bare_jid, device_id)
     if known is not None:
-        if (namespace, True) in known.active:
+        if (namespace, True) in known.active or (namespace, bare_jid) in core.namespace_lookups:
             return known
         # A message in a namespace the device is not known to use (its device list there was never
-        # seen): look once, so that a reply in the same namespace can reach it. Best effort.
+        # seen): look once, so that a reply in the same namespace can reach it. Best effort, and only
+        # once per account and namespace (a peer must not make every message cost a download).
+        core.namespace_lookups.add((namespace, bare_jid))
         try:
             await core.refresh_device_list(namespace, bare_jid)
         except (DeviceListDownloadFailed, UnknownNamespace) as exc:

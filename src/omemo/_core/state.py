@@ -129,6 +129,9 @@ class Core:
         self.queue_lock: Lock = runtime.new_lock()
         self.history_sync = True
         self.dirty_bundles: set[str] = set()
+        #: (namespace, bare JID) whose device list decrypt fetched because a known device wrote in a
+        #: namespace it was not known to use: once per instance, not once per message.
+        self.namespace_lookups: set[Tuple[str, str]] = set()
 
     # -- backends -----------------------------------------------------------------------------------
 
