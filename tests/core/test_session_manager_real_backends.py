@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, List, Optional, Tuple
 
+import pytest
+
 import oldmemo
 import twomemo
 from omemo.storage import Storage
@@ -163,3 +165,21 @@ async def test_the_namespace_lookup_happens_once_per_account() -> None:
     assert len(lookups) == 1
     await alice.shutdown()
     await bob.shutdown()
+
+
+async def test_a_huge_device_list_of_another_account_is_cut(caplog: pytest.LogCaptureFixture) -> None:
+    net = InMemoryXMPP()
+    alice = await _create(net, ALICE, MemoryStorage())
+    await alice.after_history_sync()
+    huge = {device_id: None for device_id in range(1, 5001)}
+    with caplog.at_level("WARNING", logger="omemo.core"):
+        await alice.update_device_list(NS2, BOB, huge)
+    assert "names 5000 devices; using the first 1000" in caplog.text
+    manager = alice._omemo_core
+    assert await manager.devices.device_ids(BOB) == list(range(1, 1001))
+    # The own list is never cut (cutting it would unpublish own devices).
+    own, _ = await alice.get_own_device_information()
+    own_huge = {**huge, own.device_id: None}
+    await alice.update_device_list(NS2, ALICE, own_huge)
+    assert len(await manager.devices.device_ids(ALICE)) == 5001
+    await alice.shutdown()

@@ -31,6 +31,7 @@ from ..storage import Storage
 from ..types import DeviceList, SignedLabel
 
 __all__ = [
+    "DEVICE_LIST_LIMIT",
     "DeviceRecord",
     "DeviceStore",
     "HistorySyncQueue",
@@ -42,6 +43,10 @@ _log = logging.getLogger("omemo.core")
 
 DEVICE_ID_MIN = 1
 DEVICE_ID_MAX = 2**31 - 1
+#: The most devices taken from another account's device list (in list order). Real lists hold a few
+#: to a few dozen; a list of thousands is broken or hostile, and every device in it would cost a
+#: stored record and, on the next message, a bundle download. The own list is never cut.
+DEVICE_LIST_LIMIT = 1000
 
 
 class DeviceRecord(NamedTuple):

@@ -37,6 +37,7 @@ from ..session import Initiation, Session
 from ..storage import Storage
 from ..types import DeviceInformation, DeviceList, SignedLabel, TrustLevel
 from .devices import (
+    DEVICE_LIST_LIMIT,
     DeviceRecord,
     DeviceStore,
     HistorySyncQueue,
@@ -295,6 +296,15 @@ class Core:
         """See :meth:`SessionManager.update_device_list` (this is its implementation)."""
         backend = self.backend(namespace)
         device_list = normalize_device_list(namespace, bare_jid, raw)
+        if bare_jid != self.own_bare_jid and len(device_list) > DEVICE_LIST_LIMIT:
+            _log.warning(
+                "the %s device list of %s names %d devices; using the first %d",
+                namespace,
+                bare_jid,
+                len(device_list),
+                DEVICE_LIST_LIMIT,
+            )
+            device_list = dict(list(device_list.items())[:DEVICE_LIST_LIMIT])
         async with self.jid_locks.hold(bare_jid):
             own_jid = bare_jid == self.own_bare_jid
             if own_jid and self.own_device_id not in device_list:
