@@ -265,6 +265,8 @@ class XEP_0384(BasePlugin, metaclass=ABCMeta):  # noqa: N801 - the XEP's plugin 
 
     def plugin_init(self) -> None:
         self._manager: Optional[asyncio.Future[SessionManager]] = None
+        #: (JID, node) subscribed to in this stream: once each, not once per message.
+        self._subscribed: Set[Tuple[str, str]] = set()
         self.xmpp.add_event_handler("session_start", self._on_session_start)
         self.xmpp.add_event_handler("pubsub_publish", self._on_pubsub_publish)
 
@@ -357,8 +359,9 @@ class XEP_0384(BasePlugin, metaclass=ABCMeta):  # noqa: N801 - the XEP's plugin 
                 await self._subscribe(jid, node)
 
     async def _subscribe(self, jid: str, node: str) -> None:
-        if jid == self.xmpp.boundjid.bare:
+        if jid == self.xmpp.boundjid.bare or (jid, node) in self._subscribed:
             return
+        self._subscribed.add((jid, node))
         try:
             pubsub: Any = self.xmpp.plugin["xep_0060"]
             await pubsub.subscribe(JID(jid), node)
