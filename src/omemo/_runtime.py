@@ -36,7 +36,13 @@ __all__ = [
 
 _log = logging.getLogger("omemo.core")
 
-KeyT = TypeVar("KeyT", bound=Hashable)
+class _LockKey(Hashable, Protocol):
+    """A key of a :class:`KeyedLocks` table: hashable, and ordered with the other keys of its table."""
+
+    def __lt__(self, other: Any, /) -> bool: ...
+
+
+KeyT = TypeVar("KeyT", bound=_LockKey)
 T = TypeVar("T")
 
 
@@ -280,8 +286,9 @@ class KeyedLocks(Generic[KeyT]):
     def hold(self, *keys: KeyT) -> _Held[KeyT]:
         """Hold the locks of all ``keys`` (duplicates ignored) for the body of an ``async with``.
 
-        The keys are acquired in the order of their ``repr`` (any fixed total order prevents lock-order
-        deadlocks), and released in reverse order, also when the body raises or is cancelled.
+        The keys are acquired in their natural order (any fixed total order prevents lock-order deadlocks;
+        the keys of one table are of one type: JIDs, or (namespace, JID, device) tuples), and released in
+        reverse order, also when the body raises or is cancelled.
 
         Args:
             *keys: the keys to lock.
@@ -302,7 +309,7 @@ class _Held(Generic[KeyT]):
 
     async def __aenter__(self) -> None:
         keys = self._keys
-        unique = keys if len(keys) == 1 else sorted(dict.fromkeys(keys), key=repr)
+        unique = keys if len(keys) == 1 else sorted(dict.fromkeys(keys))
         table = self._table
         try:
             for key in unique:
