@@ -115,9 +115,8 @@ async def test_legacy_first_priority_by_load_order() -> None:
     await bob.shutdown()
 
 
-async def test_a_reply_in_the_namespace_of_a_message_from_a_device_known_in_another() -> None:
-    # Bob knows Alice's device from OMEMO 2 only (her legacy device list never reached him); her
-    # first legacy message makes him look at her legacy list, so that he can answer in that namespace.
+async def _bob_knows_alice_in_omemo2_only() -> Tuple[InMemoryXMPP, Any, Any]:
+    """Alice and Bob after one OMEMO 2 exchange (no PEP notifications: Bob never saw her legacy list)."""
     net = InMemoryXMPP()
     alice = await _create(net, ALICE, MemoryStorage())
     bob = await _create(net, BOB, MemoryStorage())
@@ -128,6 +127,13 @@ async def test_a_reply_in_the_namespace_of_a_message_from_a_device_known_in_anot
         net.send(message)
     await _deliver(net, bob, BOB)
     await _deliver(net, alice, ALICE)
+    return net, alice, bob
+
+
+async def test_a_reply_in_the_namespace_of_a_message_from_a_device_known_in_another() -> None:
+    # Bob knows Alice's device from OMEMO 2 only (her legacy device list never reached him); her
+    # first legacy message makes him look at her legacy list, so that he can answer in that namespace.
+    net, alice, bob = await _bob_knows_alice_in_omemo2_only()
     (known,) = await bob.get_device_information(ALICE)
     assert (NSL, True) not in known.active
     messages, _ = await alice.encrypt(frozenset({BOB}), {NSL: b"legacy"}, backend_priority_order=[NSL])
@@ -144,16 +150,7 @@ async def test_a_reply_in_the_namespace_of_a_message_from_a_device_known_in_anot
 async def test_the_namespace_lookup_happens_once_per_account() -> None:
     # Alice writes in legacy OMEMO, but her legacy device list does not list her device: Bob looks it up
     # once, not for every message (a peer must not make each message cost a download).
-    net = InMemoryXMPP()
-    alice = await _create(net, ALICE, MemoryStorage())
-    bob = await _create(net, BOB, MemoryStorage())
-    await alice.after_history_sync()
-    await bob.after_history_sync()
-    messages, _ = await alice.encrypt(frozenset({BOB}), {NS2: b"<envelope/>"}, backend_priority_order=[NS2])
-    for message in messages:
-        net.send(message)
-    await _deliver(net, bob, BOB)
-    await _deliver(net, alice, ALICE)
+    net, alice, bob = await _bob_knows_alice_in_omemo2_only()
     net.device_lists[(NSL, ALICE)] = {}
     net.calls.clear()
     for text in (b"one", b"two", b"three"):

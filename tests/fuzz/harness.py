@@ -39,7 +39,7 @@ import time
 import traceback
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import oldmemo
 import oldmemo.etree
@@ -703,6 +703,3 @@ def replay(entries: List[Dict[str, Any]]) -> Report:
 
 def dump(failures: List[Failure]) -> str:
     return json.dumps([f.__dict__ for f in failures], indent=1)
-
-
-ReportCallback = Callable[[Report], None]

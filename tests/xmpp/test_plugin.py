@@ -21,7 +21,7 @@ from interop.refenv import SLIXMPP_OMEMO, ReferenceEnvError, ensure_peer_env, on
 from omemo import sce
 from omemo.storages import SQLiteStorage
 from omemo.types import OMEMOException
-from omemo_slixmpp import XEP_0384, MalformedStanza
+from omemo_slixmpp import MalformedStanza
 from omemo_slixmpp._pep import DEVICE_LIST_NODES as NODES
 
 from .clients import Client, connect, connect_plain, disconnect, recipients
@@ -166,10 +166,6 @@ async def test_legacy_both_ways(server: Prosody) -> None:
         assert decrypted["body"] == "legacy reply"
     finally:
         await disconnect(alice, bob)
-
-
-def test_the_plugin_class_is_registered_under_its_xep_name() -> None:
-    assert XEP_0384.name == "xep_0384"
 
 
 async def test_the_example_bot_echoes(server: Prosody, tmp_path: Path) -> None:
