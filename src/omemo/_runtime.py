@@ -36,6 +36,7 @@ __all__ = [
 
 _log = logging.getLogger("omemo.core")
 
+
 class _LockKey(Hashable, Protocol):
     """A key of a :class:`KeyedLocks` table: hashable, and ordered with the other keys of its table."""
 
