@@ -264,6 +264,11 @@ class XEP_0384(BasePlugin, metaclass=ABCMeta):  # noqa: N801 - the XEP's plugin 
     # -- slixmpp plugin life cycle ------------------------------------------------------------------
 
     def plugin_init(self) -> None:
+        # A subclass's own default_config replaces this one (slixmpp does not merge them): the options it
+        # leaves out keep this class's defaults. They are read from self.config, not as attributes, since
+        # slixmpp only maps the keys of the subclass's default_config to attributes.
+        for key, value in XEP_0384.default_config.items():
+            self.config.setdefault(key, value)
         self._manager: Optional[asyncio.Future[SessionManager]] = None
         #: (JID, node) subscribed to in this stream: once each, not once per message.
         self._subscribed: Set[Tuple[str, str]] = set()
@@ -307,7 +312,7 @@ class XEP_0384(BasePlugin, metaclass=ABCMeta):  # noqa: N801 - the XEP's plugin 
                 )
             backends = {NS2: twomemo.Twomemo, NSL: oldmemo.Oldmemo}
             manager = await manager_class.create(
-                [backends[namespace](storage) for namespace in self.namespaces],
+                [backends[namespace](storage) for namespace in self.config["namespaces"]],
                 storage,
                 self.xmpp.boundjid.bare,
                 None,
@@ -412,18 +417,14 @@ class XEP_0384(BasePlugin, metaclass=ABCMeta):  # noqa: N801 - the XEP's plugin 
             plaintext[NSL] = body.encode("utf-8")
         if not plaintext:
             raise ValueError("the stanza has nothing to encrypt")
-        order = [ns for ns in self.namespaces if ns in plaintext]
+        order = [ns for ns in self.config["namespaces"] if ns in plaintext]
         if not order:
             raise ValueError("the stanza has nothing to encrypt for the namespaces in use")
         plaintext = {ns: plaintext[ns] for ns in order}
         messages, errors = await manager.encrypt(frozenset(recipients), plaintext, order, identifier)
         if not messages:
             return None, errors
-        result = self.xmpp.make_message(
-            mto=stanza["to"], mfrom=stanza["from"], mtype=stanza["type"] or "chat"
-        )
-        if stanza["id"]:
-            result["id"] = stanza["id"]
+        result = self._empty_copy(stanza)
         for child in stanza.xml:
             if child.tag == "{urn:xmpp:sid:0}origin-id":
                 result.xml.append(copy.deepcopy(child))
@@ -432,7 +433,7 @@ class XEP_0384(BasePlugin, metaclass=ABCMeta):  # noqa: N801 - the XEP's plugin 
         best = min((message.namespace for message in messages), key=order.index)
         result.xml.append(ET.Element(f"{{{_EME}}}encryption", {"namespace": best, "name": "OMEMO"}))
         result.xml.append(ET.Element(f"{{{_HINTS}}}store"))
-        result["body"] = self.fallback_message
+        result["body"] = self.config["fallback_message"]
         return result, errors
 
     async def decrypt_message(self, stanza: Stanza) -> Tuple[Stanza, DeviceInformation]:
@@ -447,12 +448,18 @@ class XEP_0384(BasePlugin, metaclass=ABCMeta):  # noqa: N801 - the XEP's plugin 
             (no body for an empty message), and the sending device.
 
         Raises:
-            MalformedStanza: the stanza holds no OMEMO element of a namespace in use, or several of one.
+            MalformedStanza: the stanza holds no OMEMO element of a namespace in use, or several of one,
+                or it is an error stanza (``type='error'``: a bounce of a message sent, never decrypted).
             omemo.sce.SCEError: the envelope is malformed or its affixes do not match the stanza.
             Everything :meth:`omemo.session_manager.SessionManager.decrypt` raises.
         """
+        if stanza["type"] == "error":
+            raise MalformedStanza(
+                "an error stanza returns a message that was sent, with keys for its recipients, not for"
+                " this device: it is not decrypted (read its <error> for what went wrong)"
+            )
         manager = await self.get_session_manager()
-        namespaces = [ns for ns in self.namespaces if ns in self.is_encrypted(stanza)]
+        namespaces = [ns for ns in self.config["namespaces"] if ns in self.is_encrypted(stanza)]
         if not namespaces:
             raise MalformedStanza("the stanza holds no OMEMO <encrypted> element of a namespace in use")
         for namespace in namespaces:
@@ -470,8 +477,8 @@ class XEP_0384(BasePlugin, metaclass=ABCMeta):  # noqa: N801 - the XEP's plugin 
         assert last is not None
         raise last
 
-    def _reply_frame(self, stanza: Stanza) -> Stanza:
-        """A new message stanza with the addressing, type and id of ``stanza``."""
+    def _empty_copy(self, stanza: Stanza) -> Stanza:
+        """A new message stanza with the addressing, type (``chat`` if none) and id of ``stanza``."""
         result: Stanza = self.xmpp.make_message(
             mto=stanza["to"], mfrom=stanza["from"], mtype=stanza["type"] or "chat"
         )
@@ -497,7 +504,7 @@ class XEP_0384(BasePlugin, metaclass=ABCMeta):  # noqa: N801 - the XEP's plugin 
                     expected_from=sender,
                     expected_to=_bare(stanza["to"]) if stanza["to"] else self.xmpp.boundjid.bare,
                     now=_sent_at(stanza),
-                    max_skew=self.max_skew,
+                    max_skew=self.config["max_skew"],
                     groupchat=stanza["type"] == "groupchat",
                 )
                 content.extend(envelope.content)
@@ -508,12 +515,7 @@ class XEP_0384(BasePlugin, metaclass=ABCMeta):  # noqa: N801 - the XEP's plugin 
 
         core = manager._omemo_core
         _, device, _ = await _core_decrypt(core, message, check)
-        result = copy.copy(stanza)
-        result = self.xmpp.make_message(
-            mto=stanza["to"], mfrom=stanza["from"], mtype=stanza["type"] or "chat"
-        )
-        if stanza["id"]:
-            result["id"] = stanza["id"]
+        result = self._empty_copy(stanza)
         for child in stanza.xml:
             if (
                 child.tag in _OUTSIDE

@@ -12,34 +12,26 @@ import sys
 import xml.etree.ElementTree as ET
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator, List, Tuple, cast
+from typing import Any, AsyncIterator, List, Tuple, cast
 
 import pytest
 from slixmpp.stanza import Message
 
-from interop.refenv import SLIXMPP_OMEMO, ReferenceEnvError, ensure_peer_env, on_ci
 from omemo import sce
+from omemo.session_manager import NoEligibleDevices
 from omemo.storages import SQLiteStorage
 from omemo.types import OMEMOException
 from omemo_slixmpp import MalformedStanza
 from omemo_slixmpp._pep import DEVICE_LIST_NODES as NODES
+from omemo_slixmpp._pep import get_items, publish
 
 from .clients import Client, connect, connect_plain, disconnect, recipients
-from .server import Prosody, start_prosody_or_skip
+from .server import Prosody
 
 NS2, NSL = "urn:xmpp:omemo:2", "eu.siacs.conversations.axolotl"
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "omemo_bot.py"
 PEER = Path(__file__).resolve().parent / "slixmpp_omemo_peer.py"
 _names = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[Prosody]:
-    prosody = start_prosody_or_skip()
-    try:
-        yield prosody
-    finally:
-        prosody.close()
 
 
 @pytest.fixture
@@ -286,17 +278,6 @@ def test_no_plaintext_in_the_servers_data(server: Prosody) -> None:
         assert secret not in data
 
 
-@pytest.fixture(scope="module")
-def slixmpp_omemo_python() -> Path:
-    try:
-        return ensure_peer_env(SLIXMPP_OMEMO)
-    except (ReferenceEnvError, OSError) as exc:
-        message = f"the slixmpp-omemo peer venv is not available: {exc}"
-        if on_ci():
-            pytest.fail(message)
-        pytest.skip(message)
-
-
 async def _start_peer(python: Path, server: Prosody, user: str, state: Path) -> asyncio.subprocess.Process:
     jid = server.register(user, "peerpass")
     peer = await asyncio.create_subprocess_exec(
@@ -431,6 +412,29 @@ async def test_a_new_device_of_the_peer_appears(server: Prosody) -> None:
         await disconnect(alice, bob, *([second] if second else []))
 
 
+async def test_the_own_device_is_re_added_when_another_client_drops_it(server: Prosody) -> None:
+    n = next(_names)
+    alice = await connect(server, f"alice{n}", resource="phone")
+    own = str((await (await alice.omemo.get_session_manager()).get_own_device_information())[0].device_id)
+    other = await connect_plain(server, alice.boundjid.bare)
+    try:
+        # Another client of Alice's overwrites both device lists with lists that lack her device.
+        for namespace, root in ((NS2, "devices"), (NSL, "list")):
+            foreign = f"<{root} xmlns='{namespace}'><device id='42'/></{root}>"
+            await _publish_raw(other, NODES[namespace], "current", foreign)
+        for namespace in (NS2, NSL):
+            for _ in range(40):  # the notification reaches Alice's client, which republishes
+                (payload,) = await get_items(other, alice.boundjid.bare, NODES[namespace])
+                ids = {element.get("id") for element in payload.iter(f"{{{namespace}}}device")}
+                if own in ids:
+                    break
+                await asyncio.sleep(0.1)
+            assert ids == {own, "42"}, (namespace, ids)
+    finally:
+        await other.disconnect()
+        await disconnect(alice)
+
+
 async def test_bad_input_from_the_network(
     pair: Tuple[Client, Client], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -465,7 +469,55 @@ async def test_bad_input_from_the_network(
         bob.event("pubsub_publish", bad)
         await asyncio.sleep(0.2)
     assert any("ignoring the urn:xmpp:omemo:2 device list" in r.getMessage() for r in caplog.records)
+    # An error stanza is a bounce of a message sent earlier: refused with a defined error, not decrypted.
+    bounce = cast(Any, Message)(bob, ET.fromstring(ET.tostring(received.xml)))
+    bounce["type"] = "error"
+    with pytest.raises(MalformedStanza, match="error"):
+        await bob.omemo.decrypt_message(bounce)
     # The genuine message still decrypts after all of that.
     decrypted, _ = await bob.omemo.decrypt_message(received)
     assert decrypted["body"] == "genuine"
     assert encrypted is not None
+
+
+async def _publish_raw(client: Any, node: str, item_id: str, payload: str) -> None:
+    """Publishes ``payload`` (XML) as item ``item_id`` of the own ``node``, readable by anyone."""
+    await publish(client, node, item_id, ET.fromstring(payload), {"access_model": "open", "max_items": "max"})
+
+
+async def test_hostile_pep_items_give_defined_errors_and_leave_the_account_usable(
+    server: Prosody, caplog: pytest.LogCaptureFixture
+) -> None:
+    n = next(_names)
+    # Mallory's PEP, written by hand: a huge OMEMO 2 device list with an unusable entry, a legacy bundle
+    # in the OMEMO 2 bundles node, a legacy device list with a negative id and a device without a bundle,
+    # a legacy bundle that is not base64.
+    mallory = server.register(f"mallory{n}", "secret")
+    raw = await connect_plain(server, mallory)
+    ids = "".join(f"<device id='{i}'/>" for i in range(1, 1501))
+    await _publish_raw(raw, NODES[NS2], "current", f"<devices xmlns='{NS2}'>{ids}<device id='x'/></devices>")
+    await _publish_raw(raw, f"{NS2}:bundles", "1", f"<bundle xmlns='{NSL}'><signedPreKeyPublic/></bundle>")
+    legacy_ids = "<device id='7'/><device id='-1'/><device id='8'/>"
+    await _publish_raw(raw, NODES[NSL], "current", f"<list xmlns='{NSL}'>{legacy_ids}</list>")
+    not_base64 = f"<bundle xmlns='{NSL}'><identityKey>*</identityKey></bundle>"
+    await _publish_raw(raw, f"{NSL}.bundles:7", "current", not_base64)
+    await raw.disconnect()
+    alice = await connect(server, f"alice{n}")
+    bob = await connect(server, f"bob{n}")
+    try:
+        with caplog.at_level("INFO"):
+            await alice.omemo.refresh_device_lists(recipients(mallory), force_download=True)
+            stanza = alice.make_message(mto=mallory, mtype="chat")
+            stanza["body"] = "to mallory"
+            # No device of Mallory is usable: the defined exception of encrypt (python-omemo's), which
+            # names the account.
+            with pytest.raises(NoEligibleDevices) as raised:
+                await alice.omemo.encrypt_message(stanza, recipients(mallory, bob.boundjid.bare))
+            assert raised.value.bare_jids == frozenset({mallory})
+        assert "names 1500 devices; using the first 1000" in caplog.text
+        # The account still works, for Bob and for Mallory's next genuine device.
+        await _send(alice, bob, _chat(alice, bob, "still fine"))
+        decrypted, _ = await bob.omemo.decrypt_message(await bob.next_message())
+        assert decrypted["body"] == "still fine"
+    finally:
+        await disconnect(alice, bob)
