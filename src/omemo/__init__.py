@@ -12,7 +12,14 @@ project, not the reference package. Same objects as ``omemo.version.__version__`
 ``omemo.project.project``.
 """
 
-from .backend import Backend, BackendException, DecryptionFailed, KeyExchangeFailed, TooManySkippedMessageKeys
+from .backend import (
+    Backend,
+    BackendException,
+    DecryptionFailed,
+    DuplicateMessage,
+    KeyExchangeFailed,
+    TooManySkippedMessageKeys,
+)
 from .bundle import Bundle
 from .message import Content, EncryptedKeyMaterial, KeyExchange, Message
 from .project import project
@@ -66,6 +73,7 @@ __all__ = [
     "DeviceList",
     "DeviceListDownloadFailed",
     "DeviceListUploadFailed",
+    "DuplicateMessage",
     "EncryptedKeyMaterial",
     "EncryptionError",
     "JSONType",

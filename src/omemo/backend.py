@@ -24,6 +24,7 @@ __all__ = [
     "Backend",
     "BackendException",
     "DecryptionFailed",
+    "DuplicateMessage",
     "KeyExchangeFailed",
     "TooManySkippedMessageKeys",
 ]
@@ -35,6 +36,12 @@ class BackendException(OMEMOException):
 
 class DecryptionFailed(BackendException):
     """Decryption failed for a backend-specific reason (bad MAC, malformed data, ...)."""
+
+
+class DuplicateMessage(DecryptionFailed):
+    """The message's key was already used, or is no longer kept: a duplicate delivery (an archive copy of
+    a message received live, an archive page fetched twice), a replay, or a message older than the
+    skipped keys kept. Nothing was changed; the message cannot be decrypted again."""
 
 
 class KeyExchangeFailed(BackendException):

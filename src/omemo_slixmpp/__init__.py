@@ -4,7 +4,16 @@ speaks ``urn:xmpp:omemo:2`` with XEP-0420 envelopes, both namespaces in one stan
 Install with ``pip install 'omemo-stack[slixmpp]'``; see docs/xmpp.md.
 """
 
-from .plugin import XEP_0384, MalformedStanza, TrustLevel
+from ._muc import RoomNotSuitable, UnknownOccupant
+from .plugin import XEP_0384, MalformedStanza, OwnMessage, TrustLevel
 from .ready import XEP_0384SQLite
 
-__all__ = ["XEP_0384", "MalformedStanza", "TrustLevel", "XEP_0384SQLite"]
+__all__ = [
+    "XEP_0384",
+    "MalformedStanza",
+    "OwnMessage",
+    "RoomNotSuitable",
+    "TrustLevel",
+    "UnknownOccupant",
+    "XEP_0384SQLite",
+]

@@ -13,9 +13,24 @@ import copy
 import logging
 import xml.etree.ElementTree as ET
 from abc import ABCMeta, abstractmethod
+from collections import OrderedDict
+from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Any, ClassVar, Dict, FrozenSet, List, Optional, Set, Tuple, Type, Union
+from typing import (
+    Any,
+    AsyncIterator,
+    ClassVar,
+    Dict,
+    FrozenSet,
+    List,
+    Optional,
+    Set,
+    Tuple,
+    Type,
+    Union,
+    cast,
+)
 
 from slixmpp.jid import JID
 from slixmpp.plugins.base import BasePlugin
@@ -28,6 +43,7 @@ import twomemo.etree
 from oldmemo.migrations import LegacyStorage
 from omemo import sce
 from omemo._core.decrypt import decrypt as _core_decrypt
+from omemo._core.encrypt import encrypt as _core_encrypt
 from omemo.bundle import Bundle
 from omemo.message import Message
 from omemo.session_manager import (
@@ -47,6 +63,7 @@ from omemo.storage import Storage
 from omemo.types import DeviceInformation, DeviceList, OMEMOException
 from omemo.types import TrustLevel as CoreTrustLevel
 
+from ._muc import RoomNotSuitable, Rooms, UnknownOccupant
 from ._pep import (
     DEVICE_LIST_NODES,
     NS2,
@@ -58,7 +75,7 @@ from ._pep import (
     retract_or_delete,
 )
 
-__all__ = ["XEP_0384", "TrustLevel"]
+__all__ = ["XEP_0384", "MalformedStanza", "OwnMessage", "RoomNotSuitable", "TrustLevel", "UnknownOccupant"]
 
 _log = logging.getLogger("omemo_slixmpp")
 
@@ -66,7 +83,17 @@ ETREE: Dict[str, Any] = {NS2: twomemo.etree, NSL: oldmemo.etree}
 _EME = "urn:xmpp:eme:0"
 _HINTS = "urn:xmpp:hints"
 _DELAY = "{urn:xmpp:delay}delay"
+_CARBONS = "urn:xmpp:carbons:2"
+_MAM = "urn:xmpp:mam:2"
+_FORWARD = "urn:xmpp:forward:0"
+#: How many of the own group-chat messages are remembered to recognise their reflections, and how many
+#: decrypted messages to recognise duplicate deliveries (archive and live, an archive page twice).
+_REFLECTIONS = 1000
+_DECRYPTED = 1000
 _CLIENT = "jabber:client"
+#: Children of a decrypted stanza that its result replaces: the fallback body, the delay (the result
+#: gets the forwarding wrapper's or its own).
+_REPLACED = {f"{{{_CLIENT}}}body", _DELAY}
 #: Children of a source stanza that stay outside the OMEMO 2 envelope: addressing and threading of the
 #: stanza itself, the server's ids and hints, and any OMEMO or EME element already there.
 _OUTSIDE = {f"{{{_CLIENT}}}{name}" for name in ("subject", "thread", "error", "html")} | {
@@ -79,6 +106,12 @@ _OUTSIDE = {f"{{{_CLIENT}}}{name}" for name in ("subject", "thread", "error", "h
 class MalformedStanza(OMEMOException, ValueError):
     """A stanza given to :meth:`XEP_0384.decrypt_message` is not one OMEMO message (no ``<encrypted>``
     element of a namespace in use, or several of one namespace)."""
+
+
+class OwnMessage(MessageNotForUs):
+    """A group-chat message this device sent (its reflection, or a copy from the room's archive) whose
+    content is no longer remembered: a device never holds keys for its own messages. Recent reflections
+    are recognised and returned without this error."""
 
 
 class TrustLevel(Enum):
@@ -223,6 +256,7 @@ class XEP_0384(BasePlugin, metaclass=ABCMeta):  # noqa: N801 - the XEP's plugin 
         "xep_0163",
         "xep_0280",
         "xep_0334",
+        "xep_0045",
     }
     default_config: ClassVar[Dict[str, Any]] = {
         "fallback_message": "This message is OMEMO encrypted.",
@@ -230,6 +264,9 @@ class XEP_0384(BasePlugin, metaclass=ABCMeta):  # noqa: N801 - the XEP's plugin 
         "max_skew": sce.DEFAULT_MAX_SKEW,
         #: The namespaces to speak, best first (e.g. only the legacy one, for a legacy-only account).
         "namespaces": (NS2, NSL),
+        #: Seconds a room's member list is used before it is read again (0: before every message, so
+        #: that a member removed while offline gets no keys for the next message).
+        "room_members_max_age": 0.0,
     }
 
     # -- what an application provides ---------------------------------------------------------------
@@ -272,12 +309,22 @@ class XEP_0384(BasePlugin, metaclass=ABCMeta):  # noqa: N801 - the XEP's plugin 
         self._manager: Optional[asyncio.Future[SessionManager]] = None
         #: (JID, node) subscribed to in this stream: once each, not once per message.
         self._subscribed: Set[Tuple[str, str]] = set()
+        self._rooms = Rooms(self.xmpp, float(self.config["room_members_max_age"]))
+        #: (room, message id) -> the content of an own group-chat message, to recognise its reflection.
+        self._reflections: OrderedDict[Tuple[str, str], List[ET.Element]] = OrderedDict()
+        #: (sender, namespace, what identifies the encrypted element) -> the result of its decryption.
+        self._decrypted: OrderedDict[Tuple[str, str, str], Tuple[Stanza, DeviceInformation]] = OrderedDict()
+        self._history_depth = 0
         self.xmpp.add_event_handler("session_start", self._on_session_start)
         self.xmpp.add_event_handler("pubsub_publish", self._on_pubsub_publish)
+        self.xmpp.add_event_handler("groupchat_presence", self._rooms.observe)
+        self.xmpp.add_event_handler("groupchat_message", self._rooms.observe)
 
     def plugin_end(self) -> None:
         self.xmpp.del_event_handler("session_start", self._on_session_start)
         self.xmpp.del_event_handler("pubsub_publish", self._on_pubsub_publish)
+        self.xmpp.del_event_handler("groupchat_presence", self._rooms.observe)
+        self.xmpp.del_event_handler("groupchat_message", self._rooms.observe)
         for node in DEVICE_LIST_NODES.values():
             self.xmpp.plugin["xep_0163"].remove_interest(node)
 
@@ -392,16 +439,32 @@ class XEP_0384(BasePlugin, metaclass=ABCMeta):  # noqa: N801 - the XEP's plugin 
         a stanza without a body). The stanza has the store hint, EME, the source's id and origin-id,
         and a fallback body.
 
+        Group chats (``type='groupchat'``): a recipient that is the room itself (the stanza's ``to``)
+        stands for its owners, admins and members, online or not, read from the room; other JIDs are
+        used as given. A member none of whose devices can be reached does not block the room: it is one
+        more error, ``EncryptionError("", jid, 0, NoEligibleDevices)``. The message's content is
+        remembered, so that its reflection by the room decrypts to it.
+
         Returns:
             The encrypted stanza (``None`` if no device could be reached), and the non-critical errors.
 
         Raises:
-            NoEligibleDevices, StillUndecided, ...: as :meth:`omemo.session_manager.SessionManager.encrypt`.
+            RoomNotSuitable: a group chat that is not members-only and non-anonymous, or whose member
+                list cannot be read.
+            NoEligibleDevices, StillUndecided, ...: as :meth:`omemo.session_manager.SessionManager.encrypt`
+                (``NoEligibleDevices`` not for group chats).
         """
         manager = await self.get_session_manager()
         recipients = {
             _bare(jid) for jid in (recipient_jids if isinstance(recipient_jids, set) else {recipient_jids})
         }
+        groupchat = stanza["type"] == "groupchat"
+        room = _bare(stanza["to"]) if groupchat and stanza["to"] else None
+        if room is not None and room in recipients:
+            recipients.discard(room)
+            recipients |= await self._rooms.members(room)
+        if groupchat:
+            recipients.discard(self.xmpp.boundjid.bare)
         await self.refresh_device_lists({JID(jid) for jid in recipients})
         content = [copy.deepcopy(child) for child in stanza.xml if _inside(child.tag)]
         body = stanza["body"]
@@ -421,10 +484,19 @@ class XEP_0384(BasePlugin, metaclass=ABCMeta):  # noqa: N801 - the XEP's plugin 
         if not order:
             raise ValueError("the stanza has nothing to encrypt for the namespaces in use")
         plaintext = {ns: plaintext[ns] for ns in order}
-        messages, errors = await manager.encrypt(frozenset(recipients), plaintext, order, identifier)
+        messages, errors = await _core_encrypt(
+            manager._omemo_core,
+            frozenset(recipients),
+            plaintext,
+            order,
+            identifier,
+            skip_unreachable=groupchat,
+        )
         if not messages:
             return None, errors
         result = self._empty_copy(stanza)
+        if groupchat and not result["id"]:
+            result["id"] = self.xmpp.new_id()
         for child in stanza.xml:
             if child.tag == "{urn:xmpp:sid:0}origin-id":
                 result.xml.append(copy.deepcopy(child))
@@ -434,22 +506,36 @@ class XEP_0384(BasePlugin, metaclass=ABCMeta):  # noqa: N801 - the XEP's plugin 
         result.xml.append(ET.Element(f"{{{_EME}}}encryption", {"namespace": best, "name": "OMEMO"}))
         result.xml.append(ET.Element(f"{{{_HINTS}}}store"))
         result["body"] = self.config["fallback_message"]
+        if room is not None:
+            self._reflections[(room, result["id"])] = content
+            while len(self._reflections) > _REFLECTIONS:
+                self._reflections.popitem(last=False)
         return result, errors
 
     async def decrypt_message(self, stanza: Stanza) -> Tuple[Stanza, DeviceInformation]:
         """Decrypt an OMEMO stanza (OMEMO 2 preferred when it carries both namespaces).
 
-        For OMEMO 2 the envelope's affixes are verified against the stanza (``<from>`` and ``<to>``
-        bare JIDs, ``<time>`` against ``<delay>`` or now) before anything is stored, and server-processed
-        elements found inside are dropped.
+        Accepts a message as received, a carbon copy (XEP-0280, the ``<received>``/``<sent>`` wrapper
+        from the own account) or an archive result (XEP-0313, from the own archive or a room's): the
+        forwarded message is decrypted. In group chats the sender is the occupant's real JID (from the
+        room's presence, or for archived messages from the room's own annotation); the reflection of a
+        message this device sent recently decrypts to what was sent, without touching any session.
+
+        For OMEMO 2 the envelope's affixes are verified against the stanza (``<from>`` the sender's
+        bare JID, ``<to>`` the recipient or the room, ``<time>`` against ``<delay>`` or now) before
+        anything is stored, and server-processed elements found inside are dropped.
 
         Returns:
-            A copy of the stanza that holds the decrypted content instead of the encrypted elements
-            (no body for an empty message), and the sending device.
+            A stanza with the addressing of the (forwarded) message that holds the decrypted content
+            instead of the encrypted elements (no body for an empty message), with the ``<delay>`` of an
+            archived or offline message; and the sending device.
 
         Raises:
-            MalformedStanza: the stanza holds no OMEMO element of a namespace in use, or several of one,
-                or it is an error stanza (``type='error'``: a bounce of a message sent, never decrypted).
+            MalformedStanza: the stanza holds no OMEMO element of a namespace in use, or several of one;
+                a carbon or archive result from someone else; or an error stanza (``type='error'``: a
+                bounce of a message sent, never decrypted).
+            UnknownOccupant: a room message whose sender's real JID is not known.
+            OwnMessage: a room message this device sent whose content is no longer remembered.
             omemo.sce.SCEError: the envelope is malformed or its affixes do not match the stanza.
             Everything :meth:`omemo.session_manager.SessionManager.decrypt` raises.
         """
@@ -458,24 +544,88 @@ class XEP_0384(BasePlugin, metaclass=ABCMeta):  # noqa: N801 - the XEP's plugin 
                 "an error stanza returns a message that was sent, with keys for its recipients, not for"
                 " this device: it is not decrypted (read its <error> for what went wrong)"
             )
+        message, delay, archived_by = self._unwrap(stanza)
         manager = await self.get_session_manager()
-        namespaces = [ns for ns in self.config["namespaces"] if ns in self.is_encrypted(stanza)]
+        present = self.is_encrypted(message)
+        namespaces = [ns for ns in self.config["namespaces"] if ns in present]
         if not namespaces:
             raise MalformedStanza("the stanza holds no OMEMO <encrypted> element of a namespace in use")
         for namespace in namespaces:
-            if len(stanza.xml.findall(f"{{{namespace}}}encrypted")) > 1:
+            if len(message.xml.findall(f"{{{namespace}}}encrypted")) > 1:
                 raise MalformedStanza(f"the stanza holds more than one <encrypted> element of {namespace}")
-        sender = _bare(stanza["from"])
+        if message["type"] == "groupchat":
+            room = _bare(message["from"])
+            sender = self._rooms.sender(message, archived_by_room=archived_by == room)
+        else:
+            room, sender = None, _bare(message["from"] or self.xmpp.boundjid.bare)
         last: Optional[Exception] = None
         for namespace in namespaces:
-            element = stanza.xml.find(f"{{{namespace}}}encrypted")
+            element = message.xml.find(f"{{{namespace}}}encrypted")
             assert element is not None
+            key = (sender, namespace, _identity(element))
+            seen = self._decrypted.get(key)
+            if seen is not None:  # a duplicate delivery: the same result, nothing decrypted again
+                return copy.copy(seen[0]), seen[1]
             try:
-                return await self._decrypt_one(manager, stanza, namespace, element, sender)
+                result = await self._decrypt_one(manager, message, delay, namespace, element, sender, room)
             except MessageNotForUs as exc:  # maybe the other element has a key for us
                 last = exc
+                continue
+            self._decrypted[key] = (copy.copy(result[0]), result[1])
+            while len(self._decrypted) > _DECRYPTED:
+                self._decrypted.popitem(last=False)
+            return result
         assert last is not None
         raise last
+
+    @asynccontextmanager
+    async def history_sync(self) -> AsyncIterator[None]:
+        """Wrap a catch-up (offline messages, an archive) in the session manager's history
+        synchronisation: pre keys used during it are kept until it ends (several archived messages
+        may carry the same key exchange), and the empty messages owed are sent once, at the end.
+        Nested uses end with the outermost."""
+        manager = await self.get_session_manager()
+        self._history_depth += 1
+        if self._history_depth == 1:
+            manager.before_history_sync()
+        try:
+            yield
+        finally:
+            self._history_depth -= 1
+            if self._history_depth == 0:
+                await manager.after_history_sync()
+
+    def _unwrap(self, stanza: Stanza) -> Tuple[Stanza, Optional[ET.Element], Optional[str]]:
+        """The message to decrypt: ``stanza`` itself, or the message a carbon or archive result forwards.
+
+        Returns:
+            The message, its ``<delay>`` (the forwarding wrapper's, else its own, else None), and for an
+            archive result the bare JID of the archive that sent it.
+        """
+        own = self.xmpp.boundjid.bare
+        sender = _bare(stanza["from"]) if stanza["from"] else own
+        for wrapper in (f"{{{_CARBONS}}}received", f"{{{_CARBONS}}}sent", f"{{{_MAM}}}result"):
+            outer = stanza.xml.find(wrapper)
+            if outer is None:
+                continue
+            forwarded = outer.find(f"{{{_FORWARD}}}forwarded")
+            inner = forwarded.find(f"{{{_CLIENT}}}message") if forwarded is not None else None
+            if forwarded is None or inner is None:
+                raise MalformedStanza(f"a <{wrapper.split('}')[1]}> without a forwarded message")
+            inner_stanza: Stanza = cast(Any, Stanza)(self.xmpp, copy.deepcopy(inner))
+            if wrapper.endswith("result"):
+                # The own archive, or a room's archive of its own messages.
+                room_archive = inner_stanza["type"] == "groupchat" and _bare(inner_stanza["from"]) == sender
+                if sender != own and not room_archive:
+                    raise MalformedStanza(f"an archive result from {sender}, which is not the own archive")
+                archived_by: Optional[str] = sender
+            else:
+                if stanza["from"] and str(stanza["from"]) != own:
+                    raise MalformedStanza(f"a carbon copy from {stanza['from']}, not from the own account")
+                archived_by = None
+            delay = forwarded.find(_DELAY)
+            return inner_stanza, delay if delay is not None else inner.find(_DELAY), archived_by
+        return stanza, stanza.xml.find(_DELAY), None
 
     def _empty_copy(self, stanza: Stanza) -> Stanza:
         """A new message stanza with the addressing, type (``chat`` if none) and id of ``stanza``."""
@@ -487,46 +637,70 @@ class XEP_0384(BasePlugin, metaclass=ABCMeta):  # noqa: N801 - the XEP's plugin 
         return result
 
     async def _decrypt_one(
-        self, manager: SessionManager, stanza: Stanza, namespace: str, element: ET.Element, sender: str
+        self,
+        manager: SessionManager,
+        stanza: Stanza,
+        delay: Optional[ET.Element],
+        namespace: str,
+        element: ET.Element,
+        sender: str,
+        room: Optional[str],
     ) -> Tuple[Stanza, DeviceInformation]:
         if namespace == NS2:
             message: Message = twomemo.etree.parse_message(element, sender)
         else:
             message = await oldmemo.etree.parse_message(element, sender, self.xmpp.boundjid.bare, manager)
         content: List[ET.Element] = []
-
-        async def check(plaintext: Optional[bytes], _device: DeviceInformation) -> None:
-            if plaintext is None:
-                return
-            if namespace == NS2:
-                envelope = sce.parse_envelope(
-                    plaintext,
-                    expected_from=sender,
-                    expected_to=_bare(stanza["to"]) if stanza["to"] else self.xmpp.boundjid.bare,
-                    now=_sent_at(stanza),
-                    max_skew=self.config["max_skew"],
-                    groupchat=stanza["type"] == "groupchat",
+        own = self.xmpp.boundjid.bare
+        if room is not None and sender == own and message.device_id == manager._omemo_core.own_device_id:
+            remembered = self._reflections.get((room, stanza["id"]))
+            if remembered is None:
+                raise OwnMessage(
+                    f"this device sent message {stanza['id']!r} to room {room} and no longer remembers its"
+                    " content (a device holds no keys for its own messages)"
                 )
-                content.extend(envelope.content)
-            else:
-                body = ET.Element(f"{{{_CLIENT}}}body")
-                body.text = plaintext.decode("utf-8", errors="replace")
-                content.append(body)
+            content = [copy.deepcopy(child) for child in remembered]
+            device = (await manager.get_own_device_information())[0]
+        else:
 
-        core = manager._omemo_core
-        _, device, _ = await _core_decrypt(core, message, check)
+            async def check(plaintext: Optional[bytes], _device: DeviceInformation) -> None:
+                if plaintext is None:
+                    return
+                if namespace == NS2:
+                    envelope = sce.parse_envelope(
+                        plaintext,
+                        expected_from=sender,
+                        expected_to=room or (_bare(stanza["to"]) if stanza["to"] else own),
+                        now=_sent_at(delay),
+                        max_skew=self.config["max_skew"],
+                        groupchat=room is not None,
+                    )
+                    content.extend(envelope.content)
+                else:
+                    body = ET.Element(f"{{{_CLIENT}}}body")
+                    body.text = plaintext.decode("utf-8", errors="replace")
+                    content.append(body)
+
+            _, device, _ = await _core_decrypt(manager._omemo_core, message, check)
         result = self._empty_copy(stanza)
         for child in stanza.xml:
-            if (
-                child.tag in _OUTSIDE
-                or child.tag.startswith(f"{{{_EME}}}")
-                or child.tag == f"{{{_CLIENT}}}body"
-            ):
+            if child.tag in _OUTSIDE or child.tag in _REPLACED or child.tag.startswith(f"{{{_EME}}}"):
                 continue
             result.xml.append(copy.deepcopy(child))
+        if delay is not None:
+            result.xml.append(copy.deepcopy(delay))
         for child in content:
             result.xml.append(child)
         return result, device
+
+
+def _identity(element: ET.Element) -> str:
+    """What tells one encrypted element from another: its payload (a random-key ciphertext), or for an
+    empty message its keys. Archive and live copies of one message share it, whatever their serialisation."""
+    payload = next((child.text or "" for child in element.iter() if child.tag.endswith("}payload")), None)
+    if payload:
+        return payload
+    return "|".join(sorted(child.text or "" for child in element.iter() if child.tag.endswith("}key")))
 
 
 def _inside(tag: str) -> bool:
@@ -536,9 +710,8 @@ def _inside(tag: str) -> bool:
     return not tag.startswith(f"{{{_CLIENT}}}") or tag == sce.BODY_TAG
 
 
-def _sent_at(stanza: Stanza) -> datetime:
-    """When the stanza was sent: its XEP-0203 ``<delay>`` (offline or archived delivery), else now."""
-    delay = stanza.xml.find(_DELAY)
+def _sent_at(delay: Optional[ET.Element]) -> datetime:
+    """When a message was sent: its XEP-0203 ``<delay>`` (offline or archived delivery), else now."""
     if delay is not None:
         stamp = delay.get("stamp", "")
         try:

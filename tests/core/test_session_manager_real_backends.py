@@ -9,7 +9,7 @@ OMEMO, session replacement and SQLite persistence across a restart.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
@@ -180,3 +180,45 @@ async def test_a_huge_device_list_of_another_account_is_cut(caplog: pytest.LogCa
     await alice.update_device_list(NS2, ALICE, own_huge)
     assert len(await manager.devices.device_ids(ALICE)) == 5001
     await alice.shutdown()
+
+
+async def test_a_device_is_answered_in_the_namespace_it_writes_in() -> None:
+    # Bob's device announces both namespaces but writes legacy (as slixmpp-omemo 2.2 does): Alice answers
+    # it in legacy, unless she has no legacy plaintext (a stanza without body); when it writes OMEMO 2,
+    # she goes back to OMEMO 2. Empty messages (key exchange completion) do not count.
+    net = InMemoryXMPP()
+    alice = await _create(net, ALICE, MemoryStorage())
+    bob = await _create(net, BOB, MemoryStorage())
+    await alice.after_history_sync()
+    await bob.after_history_sync()
+    for namespace in (NS2, NSL):
+        await alice.refresh_device_list(namespace, BOB)
+        await bob.refresh_device_list(namespace, ALICE)
+    both = {NS2: b"<envelope/>", NSL: b"body"}
+
+    async def alice_writes(plaintext: Dict[str, bytes]) -> List[str]:
+        messages, errors = await alice.encrypt(frozenset({BOB}), plaintext)
+        assert not errors
+        for message in messages:
+            net.send(message)
+        await _deliver(net, bob, BOB)
+        await _deliver(net, alice, ALICE)  # an empty message completing a key exchange, if any
+        return [m.namespace for m in messages]
+
+    async def bob_writes(namespace: str) -> None:
+        messages, _ = await bob.encrypt(frozenset({ALICE}), both, backend_priority_order=[namespace])
+        for message in messages:
+            net.send(message)
+        [(plaintext, _, _)] = await _deliver(net, alice, ALICE)
+        assert plaintext == both[namespace]
+        await _deliver(net, bob, BOB)
+
+    assert await alice_writes(both) == [NS2]  # nothing known yet: her order
+    await bob_writes(NSL)
+    assert await alice_writes(both) == [NSL]
+    assert await alice_writes({NS2: b"<envelope/>"}) == [NS2]  # no legacy plaintext: no choice
+    assert await alice_writes(both) == [NSL]
+    await bob_writes(NS2)
+    assert await alice_writes(both) == [NS2]
+    await alice.shutdown()
+    await bob.shutdown()

@@ -303,6 +303,7 @@ class Prosody:
         log_file: Prosody's own log (level ``log_level``).
         output_file: what the process wrote to stdout and stderr.
         pid: the server's PID while it runs, else ``None``.
+        muc_domain: the group-chat component's domain (``conference.DOMAIN``), or ``None``.
     """
 
     def __init__(
@@ -316,6 +317,7 @@ class Prosody:
         extra_config: str = "",
         log_level: str = "info",
         install: bool = True,
+        muc: bool = True,
     ) -> None:
         """
         Args:
@@ -329,6 +331,9 @@ class Prosody:
             log_level: the lowest level written to :attr:`log_file` (``debug``, ``info``...).
             install: whether :meth:`start` installs Prosody if it is missing
                 (:func:`ensure_prosody_installed`).
+            muc: whether to add a group-chat component, ``conference.DOMAIN`` (:attr:`muc_domain`),
+                whose new rooms are members-only, non-anonymous and persistent and archive their
+                messages (MAM), as OMEMO needs.
         """
         if not domain or any(c in domain for c in "/\\\"' \n"):
             raise ValueError(f"unusable domain: {domain!r}")
@@ -340,6 +345,7 @@ class Prosody:
         self.extra_config = extra_config
         self.log_level = log_level
         self.install = install
+        self.muc_domain = f"conference.{domain}" if muc else None
         self.directory = Path(tempfile.mkdtemp(prefix="omemo-stack-prosody-")).resolve()
         self.config = self.directory / "prosody.cfg.lua"
         self.certificates = self.directory / "certs"
@@ -416,6 +422,20 @@ class Prosody:
         ]
         if self.extra_config:
             lines.append(self.extra_config)
+        if self.muc_domain:
+            lines += [
+                f'Component {_lua_string(self.muc_domain)} "muc"',
+                '  modules_enabled = { "muc_mam" }',
+                "  restrict_room_creation = false",
+                "  muc_room_locking = false",
+                "  muc_room_default_public = false",
+                "  muc_room_default_persistent = true",
+                "  muc_room_default_members_only = true",
+                "  muc_room_default_public_jids = true",
+                "  muc_room_default_history_length = 0",
+                "  muc_log_by_default = true",
+                "  muc_log_all_rooms = true",
+            ]
         self.config.write_text("\n".join(lines) + "\n")
 
     # -- life cycle -------------------------------------------------------------------------------

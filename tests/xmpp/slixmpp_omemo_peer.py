@@ -2,9 +2,11 @@
 
     PYTHON slixmpp_omemo_peer.py JID PASSWORD HOST PORT CAFILE STATE.json
 
-Answers every OMEMO message with "echo: " and its body (unless the body starts with "echo"), encrypted
-with slixmpp-omemo (which sends legacy OMEMO only). Reads commands on stdin: "SEND JID TEXT". Prints
-"READY" when its OMEMO data is published, then one line per event. Uses slixmpp-omemo's public API only
+Answers every 1:1 OMEMO message with "echo: " and its body (unless the body starts with "echo"),
+encrypted with slixmpp-omemo (which sends legacy OMEMO only); reports group-chat messages without
+answering. Reads commands on stdin: "SEND JID TEXT", "JOIN ROOM NICK" (prints "JOINED ROOM"), "ROOM ROOM
+JID,JID,... TEXT" (encrypted for those real JIDs). Prints "READY" when its OMEMO data is published, then
+one line per event. Uses slixmpp-omemo's public API only
 (black box; written here, nothing of it copied).
 """
 
@@ -17,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, FrozenSet, Optional, cast
 
-from slixmpp import ClientXMPP
+from slixmpp import JID, ClientXMPP
 from slixmpp.plugins import register_plugin
 from slixmpp.stanza import Message
 from slixmpp_omemo import XEP_0384  # type: ignore[import-not-found]
@@ -83,7 +85,7 @@ async def main(jid: str, password: str, host: str, port: int, cafile: str) -> No
     client = ClientXMPP(jid, password)
     client.enable_direct_tls = False
     client.ssl_context = ssl.create_default_context(cafile=cafile)
-    for plugin in ("xep_0030", "xep_0060", "xep_0163", "xep_0280", "xep_0334", "xep_0380"):
+    for plugin in ("xep_0030", "xep_0045", "xep_0060", "xep_0163", "xep_0280", "xep_0334", "xep_0380"):
         client.register_plugin(plugin)
     client.register_plugin("xep_0384", module=sys.modules[__name__])
     omemo: Any = cast(Any, client.plugin)["xep_0384"]
@@ -96,12 +98,26 @@ async def main(jid: str, password: str, host: str, port: int, cafile: str) -> No
             encrypted.send()
         say(f"SENT {len(errors)} errors")
 
+    async def send_room(room: str, members: str, text: str) -> None:
+        message = client.make_message(mto=room, mtype="groupchat")
+        message["body"] = text
+        encrypted, errors = await omemo.encrypt_message(message, {JID(jid) for jid in members.split(",")})
+        if encrypted is not None:
+            encrypted.send()
+        say(f"SENT {len(errors)} errors")
+
+    async def join(room: str, nick: str) -> None:
+        await client.plugin["xep_0045"].join_muc_wait(JID(room), nick, timeout=20)
+        say(f"JOINED {room}")
+
     async def on_message(stanza: Message) -> None:
-        if stanza["type"] not in ("chat", "normal") or not omemo.is_encrypted(stanza):
+        if stanza["type"] not in ("chat", "normal", "groupchat") or not omemo.is_encrypted(stanza):
             return
         try:
             message, device = await omemo.decrypt_message(stanza)
             say(f"RECEIVED {device.bare_jid} {message['body']!r}")
+            if stanza["type"] == "groupchat":
+                return
             if message["body"] and not message["body"].startswith("echo"):
                 await send(stanza["from"].bare, f"echo: {message['body']}")
         except Exception as exc:  # report, keep running
@@ -113,12 +129,16 @@ async def main(jid: str, password: str, host: str, port: int, cafile: str) -> No
             lambda: asyncio.StreamReaderProtocol(reader), sys.stdin
         )
         while line := (await reader.readline()).decode().strip():
-            verb, to, text = line.split(" ", 2)
-            if verb == "SEND":
-                try:
-                    await send(to, text)
-                except Exception as exc:  # report, keep running
-                    say(f"ERROR {type(exc).__name__}: {exc}")
+            verb, rest = line.split(" ", 1)
+            try:
+                if verb == "SEND":
+                    await send(*rest.split(" ", 1))
+                elif verb == "JOIN":
+                    await join(*rest.split(" ", 1))
+                elif verb == "ROOM":
+                    await send_room(*rest.split(" ", 2))
+            except Exception as exc:  # report, keep running
+                say(f"ERROR {type(exc).__name__}: {exc}")
 
     client.add_event_handler("message", on_message)
     client.add_event_handler("session_start", lambda _event: client.send_presence())

@@ -18,7 +18,13 @@ from __future__ import annotations
 import logging
 from typing import Awaitable, Callable, List, Optional, Tuple
 
-from ..backend import BackendException, DecryptionFailed, KeyExchangeFailed, TooManySkippedMessageKeys
+from ..backend import (
+    BackendException,
+    DecryptionFailed,
+    DuplicateMessage,
+    KeyExchangeFailed,
+    TooManySkippedMessageKeys,
+)
 from ..bundle import Bundle
 from ..message import EncryptedKeyMaterial, KeyExchange, Message, PlainKeyMaterial
 from ..session import Initiation, Session
@@ -57,7 +63,7 @@ def _with_context(exc: BackendException, who: str) -> BackendException:
     it gets the context as a note (Python 3.11+).
     """
     message = f"decrypting the message from {who} failed: {exc}"
-    if type(exc) in (TooManySkippedMessageKeys, KeyExchangeFailed, DecryptionFailed):
+    if type(exc) in (TooManySkippedMessageKeys, KeyExchangeFailed, DecryptionFailed, DuplicateMessage):
         return type(exc)(message)
     add_note = getattr(exc, "add_note", None)
     if add_note is not None:
@@ -210,6 +216,11 @@ async def decrypt(
             await core.prepare_empty_message(backend, session) if owed and not core.history_sync else None
         )
         await core.commit_decryption(backend, session, used_pre_key=key_exchange is not None)
+        # Answer the device in the namespace it writes in (encrypt prefers it). Best effort, outside the
+        # transaction: losing it in a crash only loses a preference.
+        record = await core.devices.load(bare_jid, device_id)
+        if plaintext is not None and record.last_namespace != namespace:
+            await core.devices.store_last_namespace(bare_jid, device_id, namespace)
         if owed:
             _log.debug("owing an empty message to %s (key exchange: %s)", who, key_exchange is not None)
             await core.owe_empty_message(backend, session, prepared)

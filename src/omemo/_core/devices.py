@@ -12,7 +12,10 @@ Storage layout (PROTOCOL.md 5.1, identical to python-omemo so that its data open
 
 One addition of ours: ``/devices/{bare_jid}/{device_id}/unverified_label`` holds a signed label received
 before the device's identity key was known (``{"namespace", "label", "signature"}``); it is verified and
-promoted to ``label`` as soon as the identity key arrives. python-omemo ignores the key.
+promoted to ``label`` as soon as the identity key arrives. And ``.../last_namespace`` (str): the
+namespace of the last message with content decrypted from the device, which encrypt prefers for it (a
+device that announces a namespace but writes in another, e.g. slixmpp-omemo 2.2, is answered in the one
+it writes). python-omemo ignores both keys.
 
 Writers follow python-omemo 1.0.4's order: ``active`` before ``namespaces``, so that a crash in between
 never leaves a namespace in ``namespaces`` that ``active`` lacks; :meth:`DeviceStore.load` repairs such
@@ -47,6 +50,8 @@ DEVICE_ID_MAX = 2**31 - 1
 #: to a few dozen; a list of thousands is broken or hostile, and every device in it would cost a
 #: stored record and, on the next message, a bundle download. The own list is never cut.
 DEVICE_LIST_LIMIT = 1000
+#: The records of one device, under ``/devices/{bare_jid}/{device_id}/``.
+_DEVICE_KEYS = ("namespaces", "active", "label", "identity_key", "unverified_label", "last_namespace")
 
 
 class DeviceRecord(NamedTuple):
@@ -56,6 +61,8 @@ class DeviceRecord(NamedTuple):
     active: Dict[str, bool]
     label: Optional[str]
     identity_key: Optional[bytes]
+    #: The namespace of the last message with content decrypted from the device, if any.
+    last_namespace: Optional[str] = None
 
 
 class PendingLabel(NamedTuple):
@@ -204,7 +211,8 @@ class DeviceStore:
             await self._storage.store(f"{prefix}/namespaces", list(repaired))
         label = (await self._storage.load_optional(f"{prefix}/label", str)).maybe(None)
         identity_key = (await self._storage.load_bytes(f"{prefix}/identity_key")).maybe(None)
-        record = DeviceRecord(tuple(repaired), active, label, identity_key)
+        last = (await self._storage.load_optional(f"{prefix}/last_namespace", str)).maybe(None)
+        record = DeviceRecord(tuple(repaired), active, label, identity_key, last)
         if writes == self._writes:
             self._records[(bare_jid, device_id)] = record
         return record
@@ -229,6 +237,13 @@ class DeviceStore:
         """Store the identity key of a device."""
         try:
             await self._storage.store_bytes(f"{self._prefix(bare_jid, device_id)}/identity_key", identity_key)
+        finally:
+            self._written(bare_jid, device_id)
+
+    async def store_last_namespace(self, bare_jid: str, device_id: int, namespace: str) -> None:
+        """Store the namespace of the last message with content decrypted from a device."""
+        try:
+            await self._storage.store(f"{self._prefix(bare_jid, device_id)}/last_namespace", namespace)
         finally:
             self._written(bare_jid, device_id)
 
@@ -267,7 +282,7 @@ class DeviceStore:
         """Delete every record of a device (not the id list)."""
         prefix = self._prefix(bare_jid, device_id)
         try:
-            for suffix in ("namespaces", "active", "label", "identity_key", "unverified_label"):
+            for suffix in _DEVICE_KEYS:
                 await self._storage.delete(f"{prefix}/{suffix}")
         finally:
             self._written(bare_jid, device_id)

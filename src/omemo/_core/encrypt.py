@@ -214,8 +214,15 @@ async def encrypt(
     plaintext: Dict[str, bytes],
     backend_priority_order: Optional[List[str]],
     identifier: Optional[str],
+    skip_unreachable: bool = False,
 ) -> Tuple[Dict[Message, PlainKeyMaterial], FrozenSet[EncryptionError]]:
-    """See :meth:`omemo.session_manager.SessionManager.encrypt`."""
+    """See :meth:`omemo.session_manager.SessionManager.encrypt`.
+
+    With ``skip_unreachable`` (group chats: one member without usable keys must not block the room), an
+    account none of whose devices can be reached does not raise ``NoEligibleDevices``: it is reported
+    as one more error, ``EncryptionError("", bare_jid, 0, NoEligibleDevices(...))`` (namespace "" and
+    device id 0: the account as a whole), and the others are encrypted for.
+    """
     order = _priority_order(core, backend_priority_order)
     recipients = sorted(set(bare_jids) | {core.own_bare_jid})
     if core.dirty_bundles:
@@ -249,7 +256,15 @@ async def encrypt(
         for device in sorted(devices, key=_sort_key):
             if jid == core.own_bare_jid and device.device_id == core.own_device_id:
                 continue
-            candidates = _candidate_namespaces(device, order)
+            candidates = [ns for ns in _candidate_namespaces(device, order) if ns in plaintext]
+            if not candidates:
+                candidates = _candidate_namespaces(device, order)  # reported as missing plaintext below
+            elif len(candidates) > 1:
+                # A device is answered in the namespace it last wrote in, if that is one of the order.
+                last = (await core.devices.load(jid, device.device_id)).last_namespace
+                if last in candidates[1:]:
+                    candidates.remove(last)
+                    candidates.insert(0, last)
             if candidates:
                 targets.append((device, candidates[0]))
 
@@ -298,8 +313,11 @@ async def encrypt(
 
         reached = {session.bare_jid for batch in batches.values() for session in batch.touched}
         unreachable = frozenset(jid for jid in recipients if jid != core.own_bare_jid and jid not in reached)
-        if unreachable:
+        if unreachable and not skip_unreachable:
             raise NoEligibleDevices(unreachable, _explain(unreachable, errors))
+        for jid in sorted(unreachable):
+            exception = NoEligibleDevices(frozenset({jid}), _explain(frozenset({jid}), errors))
+            errors.append(EncryptionError("", jid, 0, exception))
         messages: Dict[Message, PlainKeyMaterial] = {}
         for namespace, batch in batches.items():
             await core.store_sessions(core.backend(namespace), batch.touched)

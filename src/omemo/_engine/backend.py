@@ -37,6 +37,7 @@ from dataclasses import replace
 from typing import ClassVar, Optional, Tuple
 
 from omemo_engine import ratchet, x3dh, xeddsa
+from omemo_engine.errors import DuplicateMessage as EngineDuplicateMessage
 from omemo_engine.errors import (
     EngineError,
     InvalidState,
@@ -48,7 +49,13 @@ from omemo_engine.profile import Profile
 from omemo_engine.ratchet import RatchetState
 
 from .._runtime import Lock, lock_for_running_framework
-from ..backend import Backend, DecryptionFailed, KeyExchangeFailed, TooManySkippedMessageKeys
+from ..backend import (
+    Backend,
+    DecryptionFailed,
+    DuplicateMessage,
+    KeyExchangeFailed,
+    TooManySkippedMessageKeys,
+)
 from ..bundle import Bundle
 from ..identity_key_pair import IdentityKeyPair
 from ..message import Content, EncryptedKeyMaterial, KeyExchange, PlainKeyMaterial
@@ -785,7 +792,8 @@ class EngineBackend(Backend):
                 f"message from device {session.device_id} of {session.bare_jid} ({self.namespace}): {exc}"
             ) from None
         except EngineError as exc:
-            raise DecryptionFailed(
+            kind = DuplicateMessage if isinstance(exc, EngineDuplicateMessage) else DecryptionFailed
+            raise kind(
                 f"cannot decrypt the key material from device {session.device_id} of {session.bare_jid} "
                 f"({self.namespace}): {exc}"
             ) from None
