@@ -12,14 +12,7 @@ project, not the reference package. Same objects as ``omemo.version.__version__`
 ``omemo.project.project``.
 """
 
-from .backend import (
-    Backend,
-    BackendException,
-    DecryptionFailed,
-    DuplicateMessage,
-    KeyExchangeFailed,
-    TooManySkippedMessageKeys,
-)
+from .backend import Backend, BackendException, DecryptionFailed, KeyExchangeFailed, TooManySkippedMessageKeys
 from .bundle import Bundle
 from .message import Content, EncryptedKeyMaterial, KeyExchange, Message
 from .project import project
@@ -73,7 +66,6 @@ __all__ = [
     "DeviceList",
     "DeviceListDownloadFailed",
     "DeviceListUploadFailed",
-    "DuplicateMessage",
     "EncryptedKeyMaterial",
     "EncryptionError",
     "JSONType",

@@ -35,6 +35,9 @@ from typing import (
 from slixmpp.jid import JID
 from slixmpp.plugins.base import BasePlugin
 from slixmpp.stanza import Message as Stanza
+from slixmpp.xmlstream import StanzaBase
+from slixmpp.xmlstream.handler import CoroutineCallback
+from slixmpp.xmlstream.matcher import MatchXPath
 
 import oldmemo
 import oldmemo.etree
@@ -314,7 +317,19 @@ class XEP_0384(BasePlugin, metaclass=ABCMeta):  # noqa: N801 - the XEP's plugin 
         self._reflections: OrderedDict[Tuple[str, str], List[ET.Element]] = OrderedDict()
         #: (sender, namespace, what identifies the encrypted element) -> the result of its decryption.
         self._decrypted: OrderedDict[Tuple[str, str, str], Tuple[Stanza, DeviceInformation]] = OrderedDict()
+        self._in_flight: Dict[Tuple[str, str, str], asyncio.Future[Tuple[Stanza, DeviceInformation]]] = {}
         self._history_depth = 0
+        # Empty OMEMO messages (no payload: a key exchange completed, a heartbeat) are taken care of here:
+        # slixmpp's "message" event does not fire for stanzas without a body, and applications would
+        # otherwise leave the sender's key exchange unconfirmed.
+        for namespace in (NS2, NSL):
+            self.xmpp.register_handler(
+                CoroutineCallback(
+                    f"OMEMO empty messages ({namespace})",
+                    MatchXPath(f"{{{_CLIENT}}}message/{{{namespace}}}encrypted"),
+                    self._on_encrypted,
+                )
+            )
         self.xmpp.add_event_handler("session_start", self._on_session_start)
         self.xmpp.add_event_handler("pubsub_publish", self._on_pubsub_publish)
         self.xmpp.add_event_handler("groupchat_presence", self._rooms.observe)
@@ -325,6 +340,8 @@ class XEP_0384(BasePlugin, metaclass=ABCMeta):  # noqa: N801 - the XEP's plugin 
         self.xmpp.del_event_handler("pubsub_publish", self._on_pubsub_publish)
         self.xmpp.del_event_handler("groupchat_presence", self._rooms.observe)
         self.xmpp.del_event_handler("groupchat_message", self._rooms.observe)
+        for namespace in (NS2, NSL):
+            self.xmpp.remove_handler(f"OMEMO empty messages ({namespace})")
         for node in DEVICE_LIST_NODES.values():
             self.xmpp.plugin["xep_0163"].remove_interest(node)
 
@@ -491,6 +508,7 @@ class XEP_0384(BasePlugin, metaclass=ABCMeta):  # noqa: N801 - the XEP's plugin 
             order,
             identifier,
             skip_unreachable=groupchat,
+            answer_in_last_namespace=True,
         )
         if not messages:
             return None, errors
@@ -563,20 +581,35 @@ class XEP_0384(BasePlugin, metaclass=ABCMeta):  # noqa: N801 - the XEP's plugin 
             element = message.xml.find(f"{{{namespace}}}encrypted")
             assert element is not None
             key = (sender, namespace, _identity(element))
-            seen = self._decrypted.get(key)
-            if seen is not None:  # a duplicate delivery: the same result, nothing decrypted again
-                return copy.copy(seen[0]), seen[1]
+            arguments = (manager, message, delay, namespace, element, sender, room)
             try:
-                result = await self._decrypt_one(manager, message, delay, namespace, element, sender, room)
+                return await self._decrypt_once(key, *arguments)
             except MessageNotForUs as exc:  # maybe the other element has a key for us
                 last = exc
-                continue
-            self._decrypted[key] = (copy.copy(result[0]), result[1])
-            while len(self._decrypted) > _DECRYPTED:
-                self._decrypted.popitem(last=False)
-            return result
         assert last is not None
         raise last
+
+    async def _decrypt_once(self, key: Tuple[str, str, str], *args: Any) -> Tuple[Stanza, DeviceInformation]:
+        """Decrypt one encrypted element once: a duplicate delivery (archive and live, an archive page
+        twice) gets the first result, also while the first decryption is still running."""
+        seen = self._decrypted.get(key)
+        if seen is None:
+            task = self._in_flight.get(key)
+            if task is None:
+
+                async def decrypt() -> Tuple[Stanza, DeviceInformation]:
+                    result = await self._decrypt_one(*args)
+                    self._decrypted[key] = (copy.copy(result[0]), result[1])
+                    while len(self._decrypted) > _DECRYPTED:
+                        self._decrypted.popitem(last=False)
+                    return result
+
+                task = asyncio.ensure_future(decrypt())
+                self._in_flight[key] = task
+                task.add_done_callback(lambda _: self._in_flight.pop(key, None))
+            # Shielded: a cancelled caller does not cancel a decryption that may be committing.
+            seen = await asyncio.shield(task)
+        return copy.copy(seen[0]), seen[1]
 
     @asynccontextmanager
     async def history_sync(self) -> AsyncIterator[None]:
@@ -594,6 +627,19 @@ class XEP_0384(BasePlugin, metaclass=ABCMeta):  # noqa: N801 - the XEP's plugin 
             self._history_depth -= 1
             if self._history_depth == 0:
                 await manager.after_history_sync()
+
+    async def _on_encrypted(self, received: StanzaBase) -> None:
+        """Decrypt an empty OMEMO message (every ``<encrypted>`` without payload) as it arrives."""
+        if not isinstance(received, Stanza):
+            return
+        stanza = received
+        elements = [e for ns in (NS2, NSL) for e in stanza.xml.findall(f"{{{ns}}}encrypted")]
+        if stanza["type"] == "error" or any(_has_payload(element) for element in elements):
+            return
+        try:
+            await self.decrypt_message(stanza)
+        except Exception as exc:  # logged: an empty message carries nothing a user would miss
+            _log.info("an empty OMEMO message from %s could not be processed: %r", stanza["from"], exc)
 
     def _unwrap(self, stanza: Stanza) -> Tuple[Stanza, Optional[ET.Element], Optional[str]]:
         """The message to decrypt: ``stanza`` itself, or the message a carbon or archive result forwards.
@@ -692,6 +738,10 @@ class XEP_0384(BasePlugin, metaclass=ABCMeta):  # noqa: N801 - the XEP's plugin 
         for child in content:
             result.xml.append(child)
         return result, device
+
+
+def _has_payload(element: ET.Element) -> bool:
+    return any(child.tag.endswith("}payload") for child in element.iter())
 
 
 def _identity(element: ET.Element) -> str:

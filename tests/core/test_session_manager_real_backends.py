@@ -15,6 +15,7 @@ import pytest
 
 import oldmemo
 import twomemo
+from omemo._core.encrypt import encrypt as core_encrypt
 from omemo.storage import Storage
 from omemo.storages import MemoryStorage, SQLiteStorage
 from omemo.testing import InMemoryXMPP
@@ -183,9 +184,10 @@ async def test_a_huge_device_list_of_another_account_is_cut(caplog: pytest.LogCa
 
 
 async def test_a_device_is_answered_in_the_namespace_it_writes_in() -> None:
-    # Bob's device announces both namespaces but writes legacy (as slixmpp-omemo 2.2 does): Alice answers
-    # it in legacy, unless she has no legacy plaintext (a stanza without body); when it writes OMEMO 2,
-    # she goes back to OMEMO 2. Empty messages (key exchange completion) do not count.
+    # Bob's device announces both namespaces but writes legacy (as slixmpp-omemo 2.2 does): with the
+    # integrations' option, Alice answers it in legacy, unless she has no legacy plaintext (a stanza
+    # without body); when it writes OMEMO 2, she goes back to OMEMO 2. Empty messages (key exchange
+    # completion) do not count. The public encrypt keeps python-omemo's rule: the order decides.
     net = InMemoryXMPP()
     alice = await _create(net, ALICE, MemoryStorage())
     bob = await _create(net, BOB, MemoryStorage())
@@ -196,8 +198,13 @@ async def test_a_device_is_answered_in_the_namespace_it_writes_in() -> None:
         await bob.refresh_device_list(namespace, ALICE)
     both = {NS2: b"<envelope/>", NSL: b"body"}
 
-    async def alice_writes(plaintext: Dict[str, bytes]) -> List[str]:
-        messages, errors = await alice.encrypt(frozenset({BOB}), plaintext)
+    async def alice_writes(plaintext: Dict[str, bytes], public: bool = False) -> List[str]:
+        if public:
+            messages, errors = await alice.encrypt(frozenset({BOB}), plaintext)
+        else:
+            messages, errors = await core_encrypt(
+                alice._omemo_core, frozenset({BOB}), plaintext, None, None, answer_in_last_namespace=True
+            )
         assert not errors
         for message in messages:
             net.send(message)
@@ -216,6 +223,7 @@ async def test_a_device_is_answered_in_the_namespace_it_writes_in() -> None:
     assert await alice_writes(both) == [NS2]  # nothing known yet: her order
     await bob_writes(NSL)
     assert await alice_writes(both) == [NSL]
+    assert await alice_writes(both, public=True) == [NS2]
     assert await alice_writes({NS2: b"<envelope/>"}) == [NS2]  # no legacy plaintext: no choice
     assert await alice_writes(both) == [NSL]
     await bob_writes(NS2)

@@ -10,6 +10,9 @@ from typing import Any, ClassVar, Dict, FrozenSet, List, Optional, Set, Tuple, U
 from slixmpp import ClientXMPP
 from slixmpp.plugins import register_plugin
 from slixmpp.stanza import Message
+from slixmpp.xmlstream import StanzaBase
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import MatchXPath
 
 from omemo.storage import Storage
 from omemo.storages import MemoryStorage
@@ -17,6 +20,9 @@ from omemo.types import DeviceInformation
 from omemo_slixmpp import XEP_0384
 
 from .server import Prosody
+
+OMEMO = ("urn:xmpp:omemo:2", "eu.siacs.conversations.axolotl")
+_SKIPPED = ("{http://jabber.org/protocol/pubsub#event}event", "{urn:xmpp:mam:2}result")
 
 __all__ = ["Client", "TestPlugin", "connect", "connect_plain", "disconnect", "recipients"]
 
@@ -51,12 +57,24 @@ class Client(ClientXMPP):
         super().__init__(jid, password)
         self.inbox: asyncio.Queue[Message] = asyncio.Queue()
         self.wire: List[str] = []
-        self.add_event_handler("message", self._received)
+        # Every message, as slixmpp-omemo's example does: the "message" event fires only for stanzas
+        # with a <body>, which carbons, archive results and empty OMEMO messages lack.
+        self.register_handler(Callback("Messages", MatchXPath("{jabber:client}message"), self._received))
 
-    def _received(self, stanza: Message) -> None:
-        event = stanza.xml.find("{http://jabber.org/protocol/pubsub#event}event")
-        if stanza["type"] in ("chat", "normal", "groupchat") and event is None:
-            self.inbox.put_nowait(stanza)
+    def _received(self, stanza: StanzaBase) -> None:
+        if not isinstance(stanza, Message):
+            return
+        # Not queued: PEP notifications, archive results (collected by the MAM plugin), and empty OMEMO
+        # messages (the plugin takes care of them).
+        if stanza["type"] not in ("chat", "normal", "groupchat"):
+            return
+        if any(stanza.xml.find(tag) is not None for tag in _SKIPPED):
+            return
+        elements = [(ns, e) for ns in OMEMO for e in stanza.xml.findall(f"{{{ns}}}encrypted")]
+        payloads = [element.find(f"{{{ns}}}payload") for ns, element in elements]
+        if payloads and all(payload is None for payload in payloads):
+            return
+        self.inbox.put_nowait(stanza)
 
     def send_raw(self, data: Union[str, bytes]) -> None:
         self.wire.append(data if isinstance(data, str) else data.decode("utf-8", "replace"))
@@ -84,7 +102,8 @@ async def connect(
     client = Client(f"{jid}/{resource}" if resource else jid, password)
     client.enable_direct_tls = False
     client.ssl_context = ssl.create_default_context(cafile=str(server.cafile))
-    for plugin in ("xep_0030", "xep_0060", "xep_0163", "xep_0280", "xep_0334", "xep_0380", "xep_0199"):
+    plugins = ("xep_0030", "xep_0059", "xep_0060", "xep_0163", "xep_0280", "xep_0313", "xep_0334", "xep_0380")
+    for plugin in (*plugins, "xep_0199"):
         client.register_plugin(plugin)
     config = {"storage_object": storage or MemoryStorage(), "namespaces": namespaces}
     client.register_plugin("xep_0384", config, module=sys.modules[__name__])

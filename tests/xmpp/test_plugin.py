@@ -17,7 +17,8 @@ from typing import Any, AsyncIterator, List, Tuple, cast
 import pytest
 from slixmpp.stanza import Message
 
-from omemo import DuplicateMessage, sce
+from omemo import sce
+from omemo.backend import DuplicateMessage
 from omemo.session_manager import NoEligibleDevices
 from omemo.storages import SQLiteStorage
 from omemo_slixmpp import MalformedStanza

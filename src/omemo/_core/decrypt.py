@@ -216,7 +216,7 @@ async def decrypt(
             await core.prepare_empty_message(backend, session) if owed and not core.history_sync else None
         )
         await core.commit_decryption(backend, session, used_pre_key=key_exchange is not None)
-        # Answer the device in the namespace it writes in (encrypt prefers it). Best effort, outside the
+        # Answer the device in the namespace it writes in (integrations prefer it). Best effort, outside the
         # transaction: losing it in a crash only loses a preference.
         record = await core.devices.load(bare_jid, device_id)
         if plaintext is not None and record.last_namespace != namespace:

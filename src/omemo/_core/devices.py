@@ -13,9 +13,9 @@ Storage layout (PROTOCOL.md 5.1, identical to python-omemo so that its data open
 One addition of ours: ``/devices/{bare_jid}/{device_id}/unverified_label`` holds a signed label received
 before the device's identity key was known (``{"namespace", "label", "signature"}``); it is verified and
 promoted to ``label`` as soon as the identity key arrives. And ``.../last_namespace`` (str): the
-namespace of the last message with content decrypted from the device, which encrypt prefers for it (a
-device that announces a namespace but writes in another, e.g. slixmpp-omemo 2.2, is answered in the one
-it writes). python-omemo ignores both keys.
+namespace of the last message with content decrypted from the device, which integrations prefer for it
+(a device that announces a namespace but writes in another, e.g. slixmpp-omemo 2.2, is answered in the
+one it writes). python-omemo ignores both keys.
 
 Writers follow python-omemo 1.0.4's order: ``active`` before ``namespaces``, so that a crash in between
 never leaves a namespace in ``namespaces`` that ``active`` lacks; :meth:`DeviceStore.load` repairs such

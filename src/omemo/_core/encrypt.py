@@ -215,6 +215,7 @@ async def encrypt(
     backend_priority_order: Optional[List[str]],
     identifier: Optional[str],
     skip_unreachable: bool = False,
+    answer_in_last_namespace: bool = False,
 ) -> Tuple[Dict[Message, PlainKeyMaterial], FrozenSet[EncryptionError]]:
     """See :meth:`omemo.session_manager.SessionManager.encrypt`.
 
@@ -222,6 +223,11 @@ async def encrypt(
     account none of whose devices can be reached does not raise ``NoEligibleDevices``: it is reported
     as one more error, ``EncryptionError("", bare_jid, 0, NoEligibleDevices(...))`` (namespace "" and
     device id 0: the account as a whole), and the others are encrypted for.
+
+    With ``answer_in_last_namespace`` (integrations: answer a device in the namespace it writes in), a
+    device goes first to the namespace of the last message with content decrypted from it, when that
+    namespace is in the order and has a plaintext. python-omemo has no such rule, so the public
+    ``SessionManager.encrypt`` leaves it off.
     """
     order = _priority_order(core, backend_priority_order)
     recipients = sorted(set(bare_jids) | {core.own_bare_jid})
@@ -259,7 +265,7 @@ async def encrypt(
             candidates = [ns for ns in _candidate_namespaces(device, order) if ns in plaintext]
             if not candidates:
                 candidates = _candidate_namespaces(device, order)  # reported as missing plaintext below
-            elif len(candidates) > 1:
+            elif answer_in_last_namespace and len(candidates) > 1:
                 # A device is answered in the namespace it last wrote in, if that is one of the order.
                 last = (await core.devices.load(jid, device.device_id)).last_namespace
                 if last in candidates[1:]:
