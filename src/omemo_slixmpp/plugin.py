@@ -112,9 +112,9 @@ class MalformedStanza(OMEMOException, ValueError):
 
 
 class OwnMessage(MessageNotForUs):
-    """A group-chat message this device sent (its reflection, or a copy from the room's archive) whose
-    content is no longer remembered: a device never holds keys for its own messages. Recent reflections
-    are recognised and returned without this error."""
+    """A message this device sent, back as a copy (from an archive, or a room's reflection it no longer
+    remembers): a device never holds keys for its own messages. Recent room reflections are recognised
+    and returned without this error."""
 
 
 class TrustLevel(Enum):
@@ -553,7 +553,8 @@ class XEP_0384(BasePlugin, metaclass=ABCMeta):  # noqa: N801 - the XEP's plugin 
                 a carbon or archive result from someone else; or an error stanza (``type='error'``: a
                 bounce of a message sent, never decrypted).
             UnknownOccupant: a room message whose sender's real JID is not known.
-            OwnMessage: a room message this device sent whose content is no longer remembered.
+            OwnMessage: a copy of a message this device sent (from an archive, or a room reflection it no
+                longer remembers).
             omemo.sce.SCEError: the envelope is malformed or its affixes do not match the stanza.
             Everything :meth:`omemo.session_manager.SessionManager.decrypt` raises.
         """
@@ -698,12 +699,13 @@ class XEP_0384(BasePlugin, metaclass=ABCMeta):  # noqa: N801 - the XEP's plugin 
             message = await oldmemo.etree.parse_message(element, sender, self.xmpp.boundjid.bare, manager)
         content: List[ET.Element] = []
         own = self.xmpp.boundjid.bare
-        if room is not None and sender == own and message.device_id == manager._omemo_core.own_device_id:
-            remembered = self._reflections.get((room, stanza["id"]))
+        if sender == own and message.device_id == manager._omemo_core.own_device_id:
+            remembered = self._reflections.get((room, stanza["id"])) if room is not None else None
             if remembered is None:
+                where = f"to room {room}" if room is not None else f"to {stanza['to'].bare or own}"
                 raise OwnMessage(
-                    f"this device sent message {stanza['id']!r} to room {room} and no longer remembers its"
-                    " content (a device holds no keys for its own messages)"
+                    f"this device sent message {stanza['id']!r} {where} (a copy from an archive or a"
+                    " reflection it no longer remembers): a device holds no keys for its own messages"
                 )
             content = [copy.deepcopy(child) for child in remembered]
             device = (await manager.get_own_device_information())[0]

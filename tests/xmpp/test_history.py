@@ -13,10 +13,11 @@ from slixmpp.jid import JID
 from slixmpp.stanza import Message
 
 from omemo.storages import SQLiteStorage
+from omemo_slixmpp import OwnMessage
 
 from .clients import Client, connect, disconnect, recipients
 from .server import Prosody
-from .test_groupchat import _join, _room, _say
+from .test_groupchat import _join, _room, _room_message, _say
 
 NS2, NSL = "urn:xmpp:omemo:2", "eu.siacs.conversations.axolotl"
 NAMESPACES = {"omemo2": (NS2, NSL), "legacy": (NSL,)}
@@ -117,6 +118,7 @@ async def test_catch_up_after_a_long_absence_twice_with_live_messages(
         expected = {f"while you were away {i}" for i in range(200)}
         for body in sorted(expected):
             await _write(alice, bob_jid, body)
+        await cast(Any, alice.plugin)["xep_0199"].ping(JID(server.domain))  # all stored by the server
         bob = await connect(server, f"bob{n}", storage=storage)
         decryptions: List[str] = []
         decrypt_one = bob.omemo._decrypt_one
@@ -156,8 +158,20 @@ async def test_catch_up_after_a_long_absence_twice_with_live_messages(
                     break
             decrypted, _ = await alice.omemo.decrypt_message(stanza)
             assert decrypted["body"] == "back again"
+            # Bob's own message, back from his archive: a typed error, this device never had its keys.
+            (own,) = [r for r in await _archive(bob, with_jid=alice.boundjid.bare) if _sent_by(r, bob)]
+            with pytest.raises(OwnMessage, match="this device sent"):
+                await bob.omemo.decrypt_message(own)
         finally:
             await disconnect(alice, bob)
+
+
+def _sent_by(result: Message, client: Client) -> bool:
+    """Whether an archive result is a message with content that ``client``'s account sent."""
+    inner = result.xml.find(".//{jabber:client}message")
+    if inner is None or inner.find("{jabber:client}body") is None:
+        return False
+    return JID(inner.get("from", "")).bare == client.boundjid.bare
 
 
 async def _write_many(sender: Client, to: str, bodies: List[str]) -> None:
@@ -174,6 +188,8 @@ async def test_an_offline_member_catches_up_from_the_room_archive(server: Prosod
         room = await _room(server, alice, erin.boundjid.bare)  # Erin is a member, not in the room
         for i in range(3):
             await _say(alice, room, f"room message {i}")
+        for _ in range(3):  # the reflections: the room has handled (and archived) every message
+            await _room_message(alice, room)
         async with erin.omemo.history_sync():
             results = await _archive(erin, archive=room)
             bodies = []
