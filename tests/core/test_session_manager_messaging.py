@@ -327,6 +327,21 @@ async def test_staleness_prevention_sends_empty_messages() -> None:
     assert session is not None and (session.receiving_chain_length or 0) <= 53
 
 
+async def test_staleness_prevention_under_load_sends_one_empty_message_per_magic_number() -> None:
+    # Alice's messages keep coming while Bob's empty message is still on its way (many in flight): Bob
+    # owes one at the 54th message and, the peer's new chain not having arrived, one more at the 107th,
+    # not one per message (python-omemo's rule).
+    alice, bob = await pair()
+    await send(alice, {BOB})
+    await bob.receive_all()
+    await alice.receive_all()
+    for index in range(110):
+        await send(alice, {BOB}, b"%d" % index)
+        await bob.receive_all()
+    inbox = alice.network.take(ALICE, alice.device_id)
+    assert len(inbox) == 2 and all(message.content.empty for message in inbox)
+
+
 async def test_history_sync_hides_pre_keys_and_queues_empty_messages() -> None:
     net = InMemoryXMPP()
     alice = await make_account(net, ALICE)

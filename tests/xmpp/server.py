@@ -318,6 +318,7 @@ class Prosody:
         log_level: str = "info",
         install: bool = True,
         muc: bool = True,
+        muc_archive: bool = True,
     ) -> None:
         """
         Args:
@@ -334,6 +335,7 @@ class Prosody:
             muc: whether to add a group-chat component, ``conference.DOMAIN`` (:attr:`muc_domain`),
                 whose new rooms are members-only, non-anonymous and persistent and archive their
                 messages (MAM), as OMEMO needs.
+            muc_archive: whether the group-chat component archives messages (``muc_mam``).
         """
         if not domain or any(c in domain for c in "/\\\"' \n"):
             raise ValueError(f"unusable domain: {domain!r}")
@@ -346,6 +348,7 @@ class Prosody:
         self.log_level = log_level
         self.install = install
         self.muc_domain = f"conference.{domain}" if muc else None
+        self.muc_archive = muc_archive
         self.directory = Path(tempfile.mkdtemp(prefix="omemo-stack-prosody-")).resolve()
         self.config = self.directory / "prosody.cfg.lua"
         self.certificates = self.directory / "certs"
@@ -425,7 +428,7 @@ class Prosody:
         if self.muc_domain:
             lines += [
                 f'Component {_lua_string(self.muc_domain)} "muc"',
-                '  modules_enabled = { "muc_mam" }',
+                f"  modules_enabled = {_lua_list(['muc_mam'] if self.muc_archive else [])}",
                 "  restrict_room_creation = false",
                 "  muc_room_locking = false",
                 "  muc_room_default_public = false",
@@ -433,8 +436,8 @@ class Prosody:
                 "  muc_room_default_members_only = true",
                 "  muc_room_default_public_jids = true",
                 "  muc_room_default_history_length = 0",
-                "  muc_log_by_default = true",
-                "  muc_log_all_rooms = true",
+                f"  muc_log_by_default = {'true' if self.muc_archive else 'false'}",
+                f"  muc_log_all_rooms = {'true' if self.muc_archive else 'false'}",
             ]
         self.config.write_text("\n".join(lines) + "\n")
 

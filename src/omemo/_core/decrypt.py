@@ -209,8 +209,12 @@ async def decrypt(
 
         # Every check passed: commit. An empty message owed right now is encrypted first, so that the
         # session is stored once, with both the received message and the sent one.
-        receiving = session.receiving_chain_length
-        stale = receiving is not None and receiving > core.manager.STALENESS_MAGIC_NUMBER
+        # Staleness prevention: a receiving chain that passes the magic number owes an empty message,
+        # which makes the peer ratchet (and so start a new chain) when it reads it. python-omemo owes one
+        # for every further message until the peer's new chain arrives, which under load answers every
+        # message in flight; one per magic-number messages is enough (a second one if the first was lost).
+        receiving, magic = session.receiving_chain_length, core.manager.STALENESS_MAGIC_NUMBER
+        stale = receiving is not None and receiving > magic and receiving % magic == 1
         owed = key_exchange is not None or stale
         prepared = (
             await core.prepare_empty_message(backend, session) if owed and not core.history_sync else None
