@@ -117,6 +117,10 @@ class OwnMessage(MessageNotForUs):
     and returned without this error."""
 
 
+class _FirstCancelled(Exception):
+    """The first decryption of a message was cancelled: a duplicate waiting for it decrypts it itself."""
+
+
 class TrustLevel(Enum):
     """The trust levels the plugin stores (the names slixmpp-omemo uses)."""
 
@@ -598,23 +602,32 @@ class XEP_0384(BasePlugin, metaclass=ABCMeta):  # noqa: N801 - the XEP's plugin 
         """Decrypt one encrypted element once: a duplicate delivery (archive and live, an archive page
         twice) gets the first result, also while the first decryption is still running."""
         seen = self._decrypted.get(key)
-        if seen is None:
-            task = self._in_flight.get(key)
-            if task is None:
-
-                async def decrypt() -> Tuple[Stanza, DeviceInformation]:
-                    result = await self._decrypt_one(*args)
-                    self._decrypted[key] = (copy.copy(result[0]), result[1])
-                    while len(self._decrypted) > _DECRYPTED:
-                        self._decrypted.popitem(last=False)
-                    return result
-
-                task = asyncio.ensure_future(decrypt())
-                self._in_flight[key] = task
-                task.add_done_callback(lambda _: self._in_flight.pop(key, None))
-            # Shielded: a cancelled caller does not cancel a decryption that may be committing.
-            seen = await asyncio.shield(task)
-        return copy.copy(seen[0]), seen[1]
+        if seen is not None:
+            return copy.copy(seen[0]), seen[1]
+        running = self._in_flight.get(key)
+        if running is not None:
+            try:
+                first = await asyncio.shield(running)
+            except _FirstCancelled:  # its first caller gave up: decrypt it here
+                return await self._decrypt_once(key, *args)
+            seen = self._decrypted.get(key, first)  # the kept copy: the first caller owns ``first``
+            return copy.copy(seen[0]), seen[1]
+        future: asyncio.Future[Tuple[Stanza, DeviceInformation]] = asyncio.get_running_loop().create_future()
+        self._in_flight[key] = future
+        try:
+            result = await self._decrypt_one(*args)
+        except BaseException as exc:
+            # Whoever waits for this decryption gets the same outcome (a cancellation: a retry).
+            future.set_exception(_FirstCancelled() if isinstance(exc, asyncio.CancelledError) else exc)
+            future.exception()  # retrieved: nobody else has to
+            raise
+        finally:
+            del self._in_flight[key]
+        self._decrypted[key] = (copy.copy(result[0]), result[1])
+        while len(self._decrypted) > _DECRYPTED:
+            self._decrypted.popitem(last=False)
+        future.set_result(result)
+        return result
 
     @asynccontextmanager
     async def history_sync(self) -> AsyncIterator[None]:

@@ -253,6 +253,35 @@ async def test_a_burst_of_50_concurrent_messages_is_decrypted_exactly_once(
         await bob.omemo.decrypt_message(received[0])
 
 
+async def test_concurrent_duplicates_decrypt_once_even_if_the_first_is_cancelled(
+    pair: Tuple[Client, Client],
+) -> None:
+    alice, bob = pair
+    for text in ("one", "two"):
+        await _send(alice, bob, _chat(alice, bob, text))
+    first, second = await bob.next_message(), await bob.next_message()
+    calls: List[str] = []
+    decrypt_one = bob.omemo._decrypt_one
+
+    async def counted(*args: Any) -> Any:
+        calls.append("decrypt")
+        await asyncio.sleep(0.05)  # still running when the duplicates arrive
+        return await decrypt_one(*args)
+
+    setattr(bob.omemo, "_decrypt_one", counted)  # noqa: B010 - counts the decryptions
+    # The same stanza three times at once (archive, live, a second page): one decryption, one result.
+    results = await asyncio.gather(*(bob.omemo.decrypt_message(first) for _ in range(3)))
+    assert [r[0]["body"] for r in results] == ["one"] * 3 and len(calls) == 1
+    # The first caller is cancelled while decrypting: the duplicate waiting for it decrypts it itself.
+    task = asyncio.ensure_future(bob.omemo.decrypt_message(second))
+    await asyncio.sleep(0.01)
+    duplicate = asyncio.ensure_future(bob.omemo.decrypt_message(second))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    decrypted, _ = await duplicate
+    assert decrypted["body"] == "two" and task.cancelled()
+
+
 async def test_a_node_with_the_wrong_access_model_is_repaired(server: Prosody) -> None:
     n = next(_names)
     jid = server.register(f"dave{n}", "secret")
