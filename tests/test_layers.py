@@ -33,6 +33,7 @@ LAYERS: List[Tuple[str, List[str]]] = [
             "omemo.version",
             "omemo.project",
             "omemo.sce",
+            "omemo.hygiene",
             "omemo._runtime",
         ],
     ),

@@ -352,6 +352,19 @@ class Backend(ABC):
             bare_jid: the bare JID of the account.
         """
 
+    async def delete_session(self, bare_jid: str, device_id: int) -> bool:
+        """Delete the session with one device, if there is one (an addition of this library: not
+        abstract, so 1.0.2-era backends still work; those raise ``NotImplementedError``).
+
+        Args:
+            bare_jid: the account of the device.
+            device_id: the device id.
+
+        Returns:
+            Whether there was a session.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot delete a single session")
+
     # -- 2.x: signed device labels (XEP-0384 0.9). Not abstract, so 1.0.2-era backends still work. ----
 
     @property

@@ -37,6 +37,7 @@ from typing import Dict, FrozenSet, List, Optional, Tuple, Type, TypeVar
 from omemo_engine.xeddsa import ed25519_pub_to_curve25519_pub
 
 from . import _runtime
+from ._core import hygiene as _hygiene
 from ._core import maintenance as _maintenance
 from ._core.decrypt import decrypt as _decrypt
 from ._core.encrypt import encrypt as _encrypt
@@ -67,6 +68,7 @@ from ._core.rotation import rotation_loop
 from ._core.state import Core
 from .backend import Backend
 from .bundle import Bundle
+from .hygiene import DeviceActivity
 from .identity_key_pair import IdentityKeyPair
 from .message import Message, PlainKeyMaterial
 from .storage import Storage
@@ -586,6 +588,88 @@ class SessionManager(ABC):
             there is no session (or the backend is not loaded).
         """
         return await _maintenance.get_sending_chain_length(self._omemo_core, device)
+
+    # -- device hygiene (an addition of this library, see omemo.hygiene) -------------------------------
+
+    #: Messages sent to a device without an answer after which it is stale.
+    STALE_DEVICE_MESSAGES = 2000
+    #: Seconds of silence (with more than ``STALENESS_MAGIC_NUMBER`` messages unanswered) after which a
+    #: device is stale; also the default silence before an own device is proposed for removal.
+    STALE_DEVICE_SILENCE = 90 * 24 * 3600.0
+
+    async def _is_stale(self, activity: DeviceActivity) -> bool:
+        """Decide whether ``encrypt`` skips a device (see :mod:`omemo.hygiene`). Override to change the
+        rule; the default returns ``activity.stale``, the verdict of the default rule.
+
+        Args:
+            activity: the device's activity; ``unanswered`` holds the namespace being encrypted for.
+
+        Returns:
+            Whether the device is stale.
+        """
+        return activity.stale
+
+    setattr(_is_stale, _hygiene.DEFAULT_HOOK_MARK, True)
+
+    async def get_device_activity(self, bare_jid: str) -> FrozenSet[DeviceActivity]:
+        """Report the activity of every known device of an account (the own account too).
+
+        Args:
+            bare_jid: the account.
+
+        Returns:
+            One :class:`~omemo.hygiene.DeviceActivity` per device ever seen for the account.
+        """
+        return await _hygiene.device_activity(self._omemo_core, bare_jid)
+
+    async def propose_own_device_cleanup(self, silence: Optional[float] = None) -> FrozenSet[DeviceActivity]:
+        """Propose own devices to remove from the own device lists: those still listed that have been
+        silent for ``silence`` seconds (never this device, never one whose last message or first
+        appearance is more recent, never one of which neither is known).
+
+        Args:
+            silence: seconds of silence; default :attr:`STALE_DEVICE_SILENCE`.
+
+        Returns:
+            The proposed devices' activity.
+        """
+        chosen = self.STALE_DEVICE_SILENCE if silence is None else silence
+        return await _hygiene.propose_own_cleanup(self._omemo_core, chosen)
+
+    async def remove_own_devices(
+        self, device_ids: FrozenSet[int], silence: Optional[float] = None, force: bool = False
+    ) -> None:
+        """Remove own devices from the own device lists of every loaded namespace.
+
+        Args:
+            device_ids: the devices to remove.
+            silence: a device that wrote or appeared within this many seconds is refused unless
+                ``force``; default :attr:`STALE_DEVICE_SILENCE`.
+            force: remove recently active devices too (never this device).
+
+        Raises:
+            ValueError: ``device_ids`` holds this device, or (without ``force``) a recently active one;
+                nothing was removed.
+            DeviceListDownloadFailed, DeviceListUploadFailed: forwarded from the XMPP hooks.
+        """
+        chosen = self.STALE_DEVICE_SILENCE if silence is None else silence
+        await _hygiene.remove_own_devices(self._omemo_core, frozenset(device_ids), chosen, force)
+
+    async def forget_device(self, bare_jid: str, device_id: int, keep_trust: bool = True) -> None:
+        """Forget a device locally: its sessions (every namespace) and its record; its trust too unless
+        ``keep_trust``. Nothing is published. A device still listed in its account's device list comes
+        back, as a new device, with the next update of that list.
+
+        Args:
+            bare_jid: the account of the device.
+            device_id: the device.
+            keep_trust: whether to keep the trust level of its identity key.
+
+        Raises:
+            ValueError: it is this device.
+            NotImplementedError: a loaded backend cannot delete a single session; nothing was forgotten.
+        """
+        await _hygiene.forget_device(self._omemo_core, bare_jid, device_id, keep_trust)
 
     # -- history synchronisation --------------------------------------------------------------------
 

@@ -289,7 +289,9 @@ class FakeSession(Session):
 
     @property
     def sending_chain_length(self) -> int:
-        return self.send_n
+        # A newer epoch from the other side started a new (still empty) sending chain, as a Double
+        # Ratchet step does, even though this toy only switches epochs at the next send.
+        return 0 if self.needs_ratchet else self.send_n
 
     def to_json(self) -> Dict[str, Any]:
         return {
@@ -639,6 +641,17 @@ class FakeBackend(Backend):
             await self.purge_bare_jid(bare_jid)
         await self._storage.delete(f"/{self._namespace}/sessions")
         await self._storage.delete(f"/{self._namespace}/state")
+
+    async def delete_session(self, bare_jid: str, device_id: int) -> bool:
+        self.calls.append("delete_session")
+        index = await self._index()
+        devices = index.get(bare_jid, [])
+        existed = (await self._storage.load(self._session_key(bare_jid, device_id))).is_just
+        await self._storage.delete(self._session_key(bare_jid, device_id))
+        if device_id in devices:
+            devices.remove(device_id)
+            await self._storage.store(f"/{self._namespace}/sessions", {k: list(v) for k, v in index.items()})
+        return existed
 
     async def purge_bare_jid(self, bare_jid: str) -> None:
         self.calls.append("purge_bare_jid")

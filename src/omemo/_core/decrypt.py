@@ -38,6 +38,7 @@ from .errors import (
     SenderNotFound,
     UnknownNamespace,
 )
+from .hygiene import note_heard
 from .state import Core, describe
 
 __all__ = ["decrypt"]
@@ -213,6 +214,7 @@ async def decrypt(
         # which makes the peer ratchet (and so start a new chain) when it reads it. python-omemo owes one
         # for every further message until the peer's new chain arrives, which under load answers every
         # message in flight; one per magic-number messages is enough (a second one if the first was lost).
+        sending = session.sending_chain_length  # what we sent it unread, before an owed empty message
         receiving, magic = session.receiving_chain_length, core.manager.STALENESS_MAGIC_NUMBER
         stale = receiving is not None and receiving > magic and receiving % magic == 1
         owed = key_exchange is not None or stale
@@ -225,6 +227,8 @@ async def decrypt(
         record = await core.devices.load(bare_jid, device_id)
         if plaintext is not None and record.last_namespace != namespace:
             await core.devices.store_last_namespace(bare_jid, device_id, namespace)
+            record = await core.devices.load(bare_jid, device_id)
+        await note_heard(core, namespace, session, sending, record)
         if owed:
             _log.debug("owing an empty message to %s (key exchange: %s)", who, key_exchange is not None)
             await core.owe_empty_message(backend, session, prepared)

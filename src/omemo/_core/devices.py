@@ -15,7 +15,12 @@ before the device's identity key was known (``{"namespace", "label", "signature"
 promoted to ``label`` as soon as the identity key arrives. And ``.../last_namespace`` (str): the
 namespace of the last message with content decrypted from the device, which integrations prefer for it
 (a device that announces a namespace but writes in another, e.g. slixmpp-omemo 2.2, is answered in the
-one it writes). python-omemo ignores both keys.
+one it writes). ``.../last_heard`` and ``.../first_seen`` (float, Unix time): when the device last sent
+a message we decrypted (written at most once an hour per device) and when it first appeared in a device
+list; ``.../answered`` (namespace -> int, usually absent): the sending chain length at its last message
+when that message did not restart the chain; with the sessions' sending chains they tell stale devices
+(:mod:`omemo.hygiene`).
+python-omemo ignores these keys.
 
 Writers follow python-omemo 1.0.4's order: ``active`` before ``namespaces``, so that a crash in between
 never leaves a namespace in ``namespaces`` that ``active`` lacks; :meth:`DeviceStore.load` repairs such
@@ -51,7 +56,17 @@ DEVICE_ID_MAX = 2**31 - 1
 #: stored record and, on the next message, a bundle download. The own list is never cut.
 DEVICE_LIST_LIMIT = 1000
 #: The records of one device, under ``/devices/{bare_jid}/{device_id}/``.
-_DEVICE_KEYS = ("namespaces", "active", "label", "identity_key", "unverified_label", "last_namespace")
+_DEVICE_KEYS = (
+    "namespaces",
+    "active",
+    "label",
+    "identity_key",
+    "unverified_label",
+    "last_namespace",
+    "last_heard",
+    "first_seen",
+    "answered",
+)
 
 
 class DeviceRecord(NamedTuple):
@@ -63,6 +78,13 @@ class DeviceRecord(NamedTuple):
     identity_key: Optional[bytes]
     #: The namespace of the last message with content decrypted from the device, if any.
     last_namespace: Optional[str] = None
+    #: When the device last sent a message we decrypted (Unix time), if ever.
+    last_heard: Optional[float] = None
+    #: When the device first appeared in a device list (Unix time), if recorded.
+    first_seen: Optional[float] = None
+    #: Per namespace, the length of our sending chain when the device last wrote without having read it
+    #: (a message with its old ratchet key): those messages do not count as unanswered. Usually empty.
+    answered: Optional[Dict[str, int]] = None
 
 
 class PendingLabel(NamedTuple):
@@ -212,7 +234,12 @@ class DeviceStore:
         label = (await self._storage.load_optional(f"{prefix}/label", str)).maybe(None)
         identity_key = (await self._storage.load_bytes(f"{prefix}/identity_key")).maybe(None)
         last = (await self._storage.load_optional(f"{prefix}/last_namespace", str)).maybe(None)
-        record = DeviceRecord(tuple(repaired), active, label, identity_key, last)
+        heard, seen = await self._time(f"{prefix}/last_heard"), await self._time(f"{prefix}/first_seen")
+        try:
+            answered = (await self._storage.load_dict(f"{prefix}/answered", int)).maybe(None)
+        except TypeError:
+            answered = None
+        record = DeviceRecord(tuple(repaired), active, label, identity_key, last, heard, seen, answered)
         if writes == self._writes:
             self._records[(bare_jid, device_id)] = record
         return record
@@ -244,6 +271,30 @@ class DeviceStore:
         """Store the namespace of the last message with content decrypted from a device."""
         try:
             await self._storage.store(f"{self._prefix(bare_jid, device_id)}/last_namespace", namespace)
+        finally:
+            self._written(bare_jid, device_id)
+
+    async def store_answered(self, bare_jid: str, device_id: int, answered: Dict[str, int]) -> None:
+        """Store the ``answered`` baselines of a device (see :class:`DeviceRecord`)."""
+        try:
+            await self._storage.store(f"{self._prefix(bare_jid, device_id)}/answered", dict(answered))
+        finally:
+            self._written(bare_jid, device_id)
+
+    async def _time(self, key: str) -> Optional[float]:
+        """A stored device time; one of another type (not written by us) counts as unknown."""
+        try:
+            return (await self._storage.load_optional(key, float)).maybe(None)
+        except TypeError:
+            _log.warning("ignoring a malformed device time record")
+            return None
+
+    async def store_time(self, bare_jid: str, device_id: int, which: str, when: float) -> None:
+        """Store ``last_heard`` or ``first_seen`` of a device (Unix time)."""
+        if which not in ("last_heard", "first_seen"):
+            raise ValueError(f"not a device time: {which!r}")
+        try:
+            await self._storage.store(f"{self._prefix(bare_jid, device_id)}/{which}", float(when))
         finally:
             self._written(bare_jid, device_id)
 

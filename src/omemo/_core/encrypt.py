@@ -27,6 +27,7 @@ from typing import Dict, FrozenSet, List, Optional, Set, Tuple
 
 from ..backend import Backend, KeyExchangeFailed
 from ..bundle import Bundle
+from ..hygiene import StaleDevice
 from ..message import Content, EncryptedKeyMaterial, KeyExchange, Message, PlainKeyMaterial
 from ..session import Initiation, Session
 from ..types import DeviceInformation, TrustLevel
@@ -38,6 +39,7 @@ from .errors import (
     StillUndecided,
     UnknownNamespace,
 )
+from .hygiene import is_stale
 from .state import BUNDLE_ERRORS, Core, describe
 
 __all__ = ["encrypt"]
@@ -167,6 +169,16 @@ async def _encrypt_for_backend(
     for device, _ in targets:
         jid, device_id = device.bare_jid, device.device_id
         session = sessions[(jid, device_id)]
+        if session is not None and await is_stale(core, jid, device_id, namespace, session):
+            # Not tried in another namespace: the device stopped answering, whichever it uses.
+            who = describe(namespace, jid, device_id)
+            _log.debug("not encrypting for stale %s", who)
+            reason = StaleDevice(
+                f"{who} was sent {session.sending_chain_length} messages without answering; it is"
+                " encrypted for again once one of its messages arrives"
+            )
+            errors.append(EncryptionError(namespace, jid, device_id, reason))
+            continue
         try:
             if session is None:
                 bundle = bundles[(namespace, jid, device_id)]

@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from contextlib import AbstractAsyncContextManager
-from typing import AsyncIterator, Dict, FrozenSet, List, Optional, Protocol, Tuple, cast
+from typing import AsyncIterator, Callable, Dict, FrozenSet, List, Optional, Protocol, Tuple, cast
 
 from .._runtime import AsyncioRuntime, KeyedLocks, Lock, Runtime
 from ..backend import Backend
 from ..bundle import Bundle
+from ..hygiene import DeviceActivity
 from ..message import Message
 from ..session import Initiation, Session
 from ..storage import Storage
@@ -75,13 +77,17 @@ def supports_labels(backend: Backend) -> bool:
 
 
 class Hooks(Protocol):
-    """What the core uses of :class:`omemo.session_manager.SessionManager`: the application's XMPP and
-    trust hooks and three class constants. The session manager passes itself; typing it by this
+    """What the core uses of :class:`omemo.session_manager.SessionManager`: the application's XMPP,
+    trust and staleness hooks and some class constants. The session manager passes itself; typing it by this
     Protocol keeps the import arrow pointing from the public facade down to the core."""
 
     STALENESS_MAGIC_NUMBER: int
+    STALE_DEVICE_MESSAGES: int
+    STALE_DEVICE_SILENCE: float
     DEVICE_ID_MIN: int
     DEVICE_ID_MAX: int
+
+    async def _is_stale(self, activity: DeviceActivity) -> bool: ...
 
     async def _upload_bundle(self, bundle: Bundle) -> None: ...
     async def _download_bundle(self, namespace: str, bare_jid: str, device_id: int) -> Bundle: ...
@@ -122,6 +128,8 @@ class Core:
         self.rotation_period = signed_pre_key_rotation_period
         self.refill_threshold = pre_key_refill_threshold
         self.runtime = runtime
+        #: The time (Unix seconds) for device activity; tests replace it.
+        self.clock: Callable[[], float] = time.time
         self.devices = DeviceStore(storage)
         self.queue = HistorySyncQueue(storage)
         self.session_locks: KeyedLocks[Tuple[str, str, int]] = KeyedLocks(runtime)
@@ -329,6 +337,7 @@ class Core:
                         bare_jid, device_id, {**record.active, namespace: False}
                     )
             for device_id in new_ids:
+                await self.devices.store_time(bare_jid, device_id, "first_seen", self.clock())
                 await self.devices.store_namespaces(bare_jid, device_id, {namespace: True})
                 empty = DeviceRecord((namespace,), {namespace: True}, None, None)
                 await self._apply_label(backend, bare_jid, device_id, device_list[device_id], empty)

@@ -912,6 +912,18 @@ class EngineBackend(Backend):
             await self._purge_sessions(index, bare_jid)
             await self._storage.store(self._prefix + "session-jids", list(index))
 
+    async def delete_session(self, bare_jid: str, device_id: int) -> bool:
+        await self._adopt_reference_data()  # an imported session must not come back later
+        index = await self._session_index()
+        devices = index.get(bare_jid, [])
+        existed = device_id in devices or (await self.load_session(bare_jid, device_id)) is not None
+        self._sessions.pop((bare_jid, device_id), None)
+        await self._storage.delete(self._session_key(bare_jid, device_id))
+        if device_id in devices:
+            devices.remove(device_id)
+            await self._storage.store(f"{self._prefix}session-devices/{bare_jid}", list(devices))
+        return existed
+
     async def _purge_sessions(self, index: dict[str, list[int]], bare_jid: str) -> None:
         for device_id in index.pop(bare_jid):
             self._sessions.pop((bare_jid, device_id), None)
