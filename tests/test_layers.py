@@ -49,7 +49,7 @@ LAYERS: List[Tuple[str, List[str]]] = [
         ],
     ),
     ("the public facade", ["omemo.session_manager"]),
-    ("built on the facade", ["omemo", "omemo.trust", "omemo.testing"]),
+    ("built on the facade", ["omemo", "omemo.trust", "omemo.testing", "omemo.diagnostics"]),
     ("the backend packages", ["twomemo", "twomemo.*", "oldmemo", "oldmemo.*"]),
     ("integrations: adapters over the core", ["omemo_slixmpp", "omemo_slixmpp.*"]),
 ]

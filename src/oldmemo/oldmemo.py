@@ -18,7 +18,7 @@ from omemo._engine.backend import (
     EnginePlainKeyMaterial,
     EngineSession,
 )
-from omemo.backend import DecryptionFailed
+from omemo.backend import MessageAuthenticationFailed
 from omemo.message import Content, PlainKeyMaterial
 from omemo_engine import payload, xeddsa
 from omemo_engine.errors import AuthenticationFailed, MalformedMessage
@@ -186,7 +186,7 @@ class Oldmemo(EngineBackend):
         payload that was removed on the way.
 
         Raises:
-            DecryptionFailed: the payload of this message was removed.
+            MessageAuthenticationFailed: the payload of this message was removed (a DecryptionFailed).
         """
         assert isinstance(content, ContentImpl)
         assert isinstance(plain_key_material, PlainKeyMaterialImpl)
@@ -197,7 +197,7 @@ class Oldmemo(EngineBackend):
                 b"", content.initialization_vector, plain_key_material.key + plain_key_material.auth_tag
             )
         except AuthenticationFailed:
-            raise DecryptionFailed(
+            raise MessageAuthenticationFailed(
                 "the message has no <payload>, but its key material was made for one: the payload was removed"
             ) from None
 
@@ -211,4 +211,4 @@ class Oldmemo(EngineBackend):
                 plain_key_material.key + plain_key_material.auth_tag,
             )
         except AuthenticationFailed as exc:
-            raise DecryptionFailed(f"cannot decrypt the legacy payload: {exc}") from None
+            raise MessageAuthenticationFailed(f"cannot decrypt the legacy payload: {exc}") from None

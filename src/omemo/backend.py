@@ -23,10 +23,14 @@ from .types import OMEMOException
 __all__ = [
     "Backend",
     "BackendException",
+    "BundleSignatureInvalid",
+    "BundleWithoutPreKeys",
     "DecryptionFailed",
     "DuplicateMessage",
     "KeyExchangeFailed",
+    "MessageAuthenticationFailed",
     "TooManySkippedMessageKeys",
+    "UnknownPreKey",
 ]
 
 
@@ -36,6 +40,12 @@ class BackendException(OMEMOException):
 
 class DecryptionFailed(BackendException):
     """Decryption failed for a backend-specific reason (bad MAC, malformed data, ...)."""
+
+
+class MessageAuthenticationFailed(DecryptionFailed):
+    """The message's authentication did not verify: it was altered on the way, or our session with the
+    sending device is not the one it encrypted with (e.g. one side restored an older backup). Nothing was
+    changed; ``SessionManager.replace_sessions`` builds new sessions with the device."""
 
 
 class DuplicateMessage(DecryptionFailed):
@@ -51,6 +61,21 @@ class KeyExchangeFailed(BackendException):
     building), or the key exchange refers to an unknown (signed) pre key (passive building). Backends
     may have further causes.
     """
+
+
+class UnknownPreKey(KeyExchangeFailed):
+    """A key exchange we received names a pre key or signed pre key we do not have (any more): used
+    already, rotated out, or never ours. The sender must build a new session from our current bundle."""
+
+
+class BundleSignatureInvalid(KeyExchangeFailed):
+    """The device's bundle has a signed pre key whose signature does not verify: the bundle is broken
+    or forged; no session is built from it."""
+
+
+class BundleWithoutPreKeys(KeyExchangeFailed):
+    """The device's bundle has no one-time pre keys left: no session can be built until the device
+    publishes new ones."""
 
 
 class TooManySkippedMessageKeys(BackendException):

@@ -11,12 +11,14 @@ __all__ = [
     "AuthenticationFailed",
     "DuplicateMessage",
     "EngineError",
+    "InvalidBundleSignature",
     "InvalidKey",
     "InvalidSignature",
     "InvalidState",
     "KeyExchangeError",
     "MalformedMessage",
     "MalformedXML",
+    "NoPreKeys",
     "TooManySkippedKeys",
 ]
 
@@ -55,6 +57,14 @@ class TooManySkippedKeys(EngineError):
 
 class KeyExchangeError(EngineError):
     """An X3DH key exchange cannot be completed (bad bundle, unknown pre key, bad signature...)."""
+
+
+class InvalidBundleSignature(KeyExchangeError):
+    """A bundle's signed pre key signature does not verify against its identity key."""
+
+
+class NoPreKeys(KeyExchangeError):
+    """A bundle has no one-time pre keys, so no key exchange can be built from it."""
 
 
 class InvalidState(EngineError, ValueError):

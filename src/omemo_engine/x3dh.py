@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from . import xeddsa
 from ._primitives import KEY_LENGTH, hkdf_sha256, x25519, x25519_public
-from .errors import InvalidKey, InvalidSignature, KeyExchangeError
+from .errors import InvalidBundleSignature, InvalidKey, InvalidSignature, KeyExchangeError, NoPreKeys
 from .profile import Profile
 
 __all__ = [
@@ -89,12 +89,12 @@ def verify_bundle(profile: Profile, bundle: PreKeyBundle) -> None:
             bundle.signed_pre_key_signature,
         )
     except InvalidSignature:
-        raise KeyExchangeError(
+        raise InvalidBundleSignature(
             f"the signature of signed pre key {bundle.signed_pre_key_id} does not verify "
             "against the bundle's identity key"
         ) from None
     if not bundle.pre_keys:
-        raise KeyExchangeError("the bundle has no one-time pre keys; a key exchange needs one")
+        raise NoPreKeys("the bundle has no one-time pre keys; a key exchange needs one")
 
 
 def _uniform_index(size: int, random_bytes: Callable[[int], bytes]) -> int:

@@ -17,7 +17,7 @@ from omemo._engine.backend import (
     EnginePlainKeyMaterial,
     EngineSession,
 )
-from omemo.backend import DecryptionFailed
+from omemo.backend import MessageAuthenticationFailed
 from omemo.message import Content, PlainKeyMaterial
 from omemo_engine import payload, xeddsa
 from omemo_engine.errors import AuthenticationFailed, EngineError, InvalidSignature
@@ -161,11 +161,11 @@ class Twomemo(EngineBackend):
         material was made for a payload, which was then removed on the way.
 
         Raises:
-            DecryptionFailed: the payload of this message was removed.
+            MessageAuthenticationFailed: the payload of this message was removed (a DecryptionFailed).
         """
         assert isinstance(plain_key_material, PlainKeyMaterialImpl)
         if (plain_key_material.key, plain_key_material.auth_tag) != (payload.OMEMO2_EMPTY_KEY_MATERIAL, b""):
-            raise DecryptionFailed(
+            raise MessageAuthenticationFailed(
                 "the message has no <payload>, but its key material was made for one: the payload was removed"
             )
 
@@ -177,7 +177,7 @@ class Twomemo(EngineBackend):
                 content.ciphertext, plain_key_material.key + plain_key_material.auth_tag
             )
         except AuthenticationFailed as exc:
-            raise DecryptionFailed(f"cannot decrypt the OMEMO 2 payload: {exc}") from None
+            raise MessageAuthenticationFailed(f"cannot decrypt the OMEMO 2 payload: {exc}") from None
 
     @property
     def supports_labels(self) -> bool:

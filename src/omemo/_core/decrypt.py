@@ -50,9 +50,13 @@ def _own_key(core: Core, message: Message) -> Tuple[EncryptedKeyMaterial, Option
     for encrypted, key_exchange in message.keys:
         if encrypted.bare_jid == core.own_bare_jid and encrypted.device_id == core.own_device_id:
             return encrypted, key_exchange
+    addressed = sorted({(encrypted.bare_jid, encrypted.device_id) for encrypted, _ in message.keys})
+    listed = ", ".join(f"{device_id} of {jid}" for jid, device_id in addressed[:20])
+    more = f" and {len(addressed) - 20} more" if len(addressed) > 20 else ""
     raise MessageNotForUs(
         f"the {message.namespace} message from device {message.device_id} of {message.bare_jid} carries no"
-        f" key for this device ({core.own_device_id} of {core.own_bare_jid})"
+        f" key for this device ({core.own_device_id} of {core.own_bare_jid}); it is for: "
+        f"{listed or 'nobody'}{more}"
     )
 
 

@@ -37,24 +37,31 @@ from dataclasses import replace
 from typing import ClassVar, Optional, Tuple
 
 from omemo_engine import ratchet, x3dh, xeddsa
-from omemo_engine.errors import DuplicateMessage as EngineDuplicateMessage
 from omemo_engine.errors import (
+    AuthenticationFailed,
     EngineError,
+    InvalidBundleSignature,
     InvalidState,
     KeyExchangeError,
     MalformedMessage,
+    NoPreKeys,
     TooManySkippedKeys,
 )
+from omemo_engine.errors import DuplicateMessage as EngineDuplicateMessage
 from omemo_engine.profile import Profile
 from omemo_engine.ratchet import RatchetState
 
 from .._runtime import Lock, lock_for_running_framework
 from ..backend import (
     Backend,
+    BundleSignatureInvalid,
+    BundleWithoutPreKeys,
     DecryptionFailed,
     DuplicateMessage,
     KeyExchangeFailed,
+    MessageAuthenticationFailed,
     TooManySkippedMessageKeys,
+    UnknownPreKey,
 )
 from ..bundle import Bundle
 from ..identity_key_pair import IdentityKeyPair
@@ -689,7 +696,14 @@ class EngineBackend(Backend):
                 self._random_bytes,
             )
         except KeyExchangeError as exc:
-            raise KeyExchangeFailed(
+            kind = (
+                BundleSignatureInvalid
+                if isinstance(exc, InvalidBundleSignature)
+                else BundleWithoutPreKeys
+                if isinstance(exc, NoPreKeys)
+                else KeyExchangeFailed
+            )
+            raise kind(
                 f"key exchange with device {device_id} of {bare_jid} ({self.namespace}) failed: {exc}"
             ) from None
         kex = self.KEY_EXCHANGE(
@@ -723,7 +737,7 @@ class EngineBackend(Backend):
             None,
         )
         if spk is None:
-            raise KeyExchangeFailed(
+            raise UnknownPreKey(
                 f"key exchange from {where} uses signed pre key {key_exchange.signed_pre_key_id}, "
                 "which is not known (it may have been rotated out)"
             )
@@ -731,7 +745,7 @@ class EngineBackend(Backend):
             key_exchange.pre_key_id
         )
         if pre_key is None:
-            raise KeyExchangeFailed(
+            raise UnknownPreKey(
                 f"key exchange from {where} uses pre key {key_exchange.pre_key_id}, which is not known "
                 "(already used and deleted, or never ours)"
             )
@@ -792,7 +806,13 @@ class EngineBackend(Backend):
                 f"message from device {session.device_id} of {session.bare_jid} ({self.namespace}): {exc}"
             ) from None
         except EngineError as exc:
-            kind = DuplicateMessage if isinstance(exc, EngineDuplicateMessage) else DecryptionFailed
+            kind = (
+                DuplicateMessage
+                if isinstance(exc, EngineDuplicateMessage)
+                else MessageAuthenticationFailed
+                if isinstance(exc, AuthenticationFailed)
+                else DecryptionFailed
+            )
             raise kind(
                 f"cannot decrypt the key material from device {session.device_id} of {session.bare_jid} "
                 f"({self.namespace}): {exc}"
