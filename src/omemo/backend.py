@@ -29,6 +29,8 @@ __all__ = [
     "DuplicateMessage",
     "KeyExchangeFailed",
     "MessageAuthenticationFailed",
+    "MessageKeyReused",
+    "SessionOutOfStep",
     "TooManySkippedMessageKeys",
     "UnknownPreKey",
 ]
@@ -52,6 +54,19 @@ class DuplicateMessage(DecryptionFailed):
     """The message's key was already used, or is no longer kept: a duplicate delivery (an archive copy of
     a message received live, an archive page fetched twice), a replay, or a message older than the
     skipped keys kept. Nothing was changed; the message cannot be decrypted again."""
+
+
+class MessageKeyReused(DuplicateMessage):
+    """A message from a device uses a message key we already used, but it is not a copy of the message
+    we decrypted with it: the device sends with a counter it already used, because its state was
+    restored from an older backup (or someone replays with altered content). Raised by the session
+    manager, which remembers the messages decrypted while it runs."""
+
+
+class SessionOutOfStep(MessageAuthenticationFailed):
+    """Messages from one device keep failing authentication: our session with it and the device's are
+    not the same any more, typically because one side restored an older backup over newer state.
+    ``SessionManager.replace_sessions`` builds new sessions."""
 
 
 class KeyExchangeFailed(BackendException):

@@ -19,7 +19,8 @@ malformed stanzas, which map to the nearest reason.
 from __future__ import annotations
 
 import enum
-from typing import Dict, NamedTuple, Tuple, Type
+import time
+from typing import Dict, NamedTuple, Optional, Tuple, Type
 
 from ._core.errors import (
     BundleDownloadFailed,
@@ -43,13 +44,15 @@ from .backend import (
     DuplicateMessage,
     KeyExchangeFailed,
     MessageAuthenticationFailed,
+    MessageKeyReused,
+    SessionOutOfStep,
     TooManySkippedMessageKeys,
     UnknownPreKey,
 )
-from .hygiene import StaleDevice
+from .hygiene import HealthReport, StaleDevice
 from .sce import SCEError
 
-__all__ = ["REASONS", "Diagnosis", "Reason", "explain", "explain_encryption_error"]
+__all__ = ["REASONS", "Diagnosis", "Reason", "explain", "explain_encryption_error", "format_report"]
 
 
 @enum.unique
@@ -62,6 +65,7 @@ class Reason(enum.Enum):
     KEY_EXCHANGE_FAILED = "key-exchange-failed"
     TOO_MANY_SKIPPED = "too-many-skipped"
     DUPLICATE = "duplicate"
+    RESTORED_BACKUP = "restored-backup"
     AUTHENTICATION_FAILED = "authentication-failed"
     DECRYPTION_FAILED = "decryption-failed"
     SENDER_DISTRUSTED = "sender-distrusted"
@@ -132,6 +136,13 @@ REASONS: Dict[Reason, Tuple[str, str]] = {
         "The message's key was already used: a duplicate delivery (archive and live, a page fetched twice),"
         " a replay, or a message older than the skipped keys kept.",
         "Nothing to do for a duplicate: it was decrypted before. Deduplicate by stanza id or origin id.",
+    ),
+    Reason.RESTORED_BACKUP: (
+        "A device's state and ours are out of step: it sent a message with a message key already used for"
+        " another message (it went back to an older backup), or its messages keep failing authentication"
+        " (one side restored an older backup over newer state).",
+        "Call replace_sessions for the device: new sessions are built and announced. Messages sent in the"
+        " meantime cannot be recovered. If nobody restored a backup, treat it as an attack on that device.",
     ),
     Reason.AUTHENTICATION_FAILED: (
         "The message's authentication did not verify: it was altered on the way, or the session here is"
@@ -231,6 +242,8 @@ _MAPPING: Tuple[Tuple[Type[BaseException], Reason], ...] = (
     (BundleWithoutPreKeys, Reason.BUNDLE_WITHOUT_PRE_KEYS),
     (KeyExchangeFailed, Reason.KEY_EXCHANGE_FAILED),
     (TooManySkippedMessageKeys, Reason.TOO_MANY_SKIPPED),
+    (MessageKeyReused, Reason.RESTORED_BACKUP),
+    (SessionOutOfStep, Reason.RESTORED_BACKUP),
     (DuplicateMessage, Reason.DUPLICATE),
     (MessageAuthenticationFailed, Reason.AUTHENTICATION_FAILED),
     (DecryptionFailed, Reason.DECRYPTION_FAILED),
@@ -267,3 +280,44 @@ def explain_encryption_error(error: EncryptionError) -> Diagnosis:
         else f"device {error.device_id} of {error.bare_jid} ({error.namespace})"
     )
     return found._replace(detail=f"{where}: {found.detail}")
+
+
+def _when(seconds: Optional[float], now: float) -> str:
+    if seconds is None:
+        return "never"
+    days = (now - seconds) / 86400
+    return f"{days:.0f} days ago" if days >= 1 else "today"
+
+
+def format_report(report: HealthReport, now: Optional[float] = None) -> str:
+    """Returns: a health report (``SessionManager.get_health_report``) as text, one finding a line, each
+    problem with its reason and what to do."""
+    now = time.time() if now is None else now
+    lines = [f"OMEMO health of {report.bare_jid}"]
+    for entry in report.device_lists:
+        if entry.readable:
+            lines.append(f"  device list {entry.namespace}: {entry.devices} device(s)")
+        else:
+            assert entry.error is not None
+            diagnosis = explain(entry.error)
+            reason = diagnosis.reason.value
+            lines.append(f"  device list {entry.namespace}: NOT READABLE ({reason}): {diagnosis.advice}")
+    if not report.devices:
+        lines.append("  no devices known")
+    for device in report.devices:
+        info, found = device.information, device.activity
+        trust = info.trust_level_name if info is not None else "identity unknown"
+        label = f" {info.label!r}" if info is not None and info.label else ""
+        counts = sorted(found.unanswered)
+        sessions = ", ".join(f"{ns}: {count} unanswered" for ns, count in counts) or "no session"
+        state = "STALE" if found.stale else "active"
+        heard = _when(found.last_heard, now)
+        summary = f"{trust}, {state}, last message {heard}, {sessions}"
+        lines.append(f"  device {device.device_id}{label}: {summary}")
+        for namespace, problem in device.bundles:
+            if problem is None:
+                lines.append(f"    bundle {namespace}: usable")
+            else:
+                diagnosis = explain(problem)
+                lines.append(f"    bundle {namespace}: {diagnosis.reason.value}: {diagnosis.advice}")
+    return "\n".join(lines)

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from typing import FrozenSet, NamedTuple, Optional, Tuple
 
-from .types import OMEMOException
+from .types import DeviceInformation, OMEMOException
 
-__all__ = ["DeviceActivity", "StaleDevice"]
+__all__ = ["DeviceActivity", "DeviceHealth", "HealthReport", "NamespaceHealth", "StaleDevice"]
 
 
 class DeviceActivity(NamedTuple):
@@ -58,3 +58,51 @@ class DeviceActivity(NamedTuple):
 class StaleDevice(OMEMOException):
     """The device was not encrypted for because it is stale (it stopped answering); it is encrypted for
     again as soon as one of its messages arrives. Found in the errors ``encrypt`` returns."""
+
+
+class NamespaceHealth(NamedTuple):
+    """One device list of an account, as downloaded for a health report.
+
+    Attributes:
+        namespace: the namespace.
+        readable: whether the device list could be downloaded.
+        devices: how many devices it lists (0 if unreadable).
+        error: why it could not be downloaded, if so (``omemo.diagnostics.explain`` tells what to do).
+    """
+
+    namespace: str
+    readable: bool
+    devices: int
+    error: Optional[Exception]
+
+
+class DeviceHealth(NamedTuple):
+    """One device of an account in a health report.
+
+    Attributes:
+        device_id: the device id.
+        information: what is known of it (trust, label, namespaces), ``None`` if its identity key is not
+            known (no bundle could be used yet).
+        activity: its activity (sessions, silence, staleness).
+        bundles: per namespace in which it is listed, ``None`` if its bundle is usable for a new
+            session, else why not, as ``(namespace, error)`` pairs.
+    """
+
+    device_id: int
+    information: Optional[DeviceInformation]
+    activity: DeviceActivity
+    bundles: Tuple[Tuple[str, Optional[Exception]], ...]
+
+
+class HealthReport(NamedTuple):
+    """What stands between this account and another for OMEMO (``SessionManager.get_health_report``).
+
+    Attributes:
+        bare_jid: the account.
+        device_lists: one entry per loaded namespace.
+        devices: one entry per device ever seen for the account, by device id.
+    """
+
+    bare_jid: str
+    device_lists: Tuple[NamespaceHealth, ...]
+    devices: Tuple[DeviceHealth, ...]

@@ -68,7 +68,7 @@ from ._core.rotation import rotation_loop
 from ._core.state import Core
 from .backend import Backend
 from .bundle import Bundle
-from .hygiene import DeviceActivity
+from .hygiene import DeviceActivity, HealthReport
 from .identity_key_pair import IdentityKeyPair
 from .message import Message, PlainKeyMaterial
 from .storage import Storage
@@ -670,6 +670,20 @@ class SessionManager(ABC):
             NotImplementedError: a loaded backend cannot delete a single session; nothing was forgotten.
         """
         await _hygiene.forget_device(self._omemo_core, bare_jid, device_id, keep_trust)
+
+    async def get_health_report(self, bare_jid: str) -> HealthReport:
+        """Check step by step what stands between this account and another for OMEMO: its device lists
+        (downloaded again), and per device what is known (identity, trust), its activity (sessions,
+        silence, staleness) and whether a new session could be built from each of its bundles (tried in
+        memory; nothing is stored or sent). ``omemo.diagnostics.format_report`` renders it.
+
+        Args:
+            bare_jid: the account (the own account too: then this device's own bundles are not checked).
+
+        Returns:
+            The report.
+        """
+        return await _hygiene.health_report(self._omemo_core, bare_jid)
 
     # -- history synchronisation --------------------------------------------------------------------
 

@@ -5,18 +5,23 @@ from __future__ import annotations
 
 import base64
 import re
+import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, List, Optional
 
 import pytest
 
+import oldmemo
 import twomemo
 from omemo import sce
 from omemo._core.encrypt import encrypt as core_encrypt
-from omemo.diagnostics import REASONS, Reason, explain, explain_encryption_error
+from omemo.backend import DuplicateMessage, MessageKeyReused
+from omemo.diagnostics import REASONS, Reason, explain, explain_encryption_error, format_report
 from omemo.message import Message
 from omemo.session_manager import DeviceListDownloadFailed, EncryptionError
+from omemo.storages import SQLiteStorage
+from omemo.trust import BTBVTrust
 from omemo.types import OMEMOException
 
 from .xml_network import NS2, NSL, create, device_id, network
@@ -172,3 +177,111 @@ def test_the_documentation_table_is_the_reasons() -> None:
         cells = [cell.strip() for cell in row.strip("|").split("|")]
         documented[re.sub(r"`", "", cells[0])] = (cells[1], cells[2])
     assert documented == {reason.value: texts for reason, texts in REASONS.items()}
+
+
+async def test_a_health_report_finds_each_problem_without_changing_anything() -> None:
+    net = network()
+    alice, bob = await create(net, ALICE), await create(net, BOB)
+    second = await create(net, BOB)  # a second device of Bob whose OMEMO 2 bundle lost its pre keys
+    _spoil(net, NS2, BOB, await device_id(second), "pre keys")
+    for namespace in (NS2, NSL):
+        await alice.refresh_device_list(namespace, BOB)
+    (message,) = await _send(net, alice, BOB, [NSL])  # legacy: sessions with both devices
+    first_id = await device_id(bob)
+    bob_device = next(d for d in await alice.get_device_information(BOB) if d.device_id == first_id)
+    sessions_before = await alice.get_sending_chain_length(bob_device)
+    net.fail("download_device_list", namespace=NS2, bare_jid=BOB)
+    report = await alice.get_health_report(BOB)
+    assert [(e.namespace, e.readable) for e in report.device_lists] == [(NS2, False), (NSL, True)]
+    assert explain(report.device_lists[0].error or RuntimeError()).reason is Reason.DEVICE_LIST_UNREADABLE
+    by_id = {device.device_id: device for device in report.devices}
+    first, spoiled = by_id[await device_id(bob)], by_id[await device_id(second)]
+    assert dict(first.bundles) == {NS2: None, NSL: None} and dict(first.activity.unanswered) == {NSL: 1}
+    problems = dict(spoiled.bundles)
+    assert (
+        problems[NSL] is None
+        and explain(problems[NS2] or RuntimeError()).reason is Reason.BUNDLE_WITHOUT_PRE_KEYS
+    )
+    text = format_report(report)
+    assert "NOT READABLE (device-list-unreadable)" in text and "bundle-without-pre-keys" in text
+    # Nothing changed: the session is the same, and Bob still decrypts what Alice sent before.
+    assert await alice.get_sending_chain_length(bob_device) == sessions_before
+    plaintext, _, _ = await bob.decrypt(message)
+    assert plaintext == b"body"
+
+
+async def _sqlite_manager(net: Any, jid: str, storage: Any) -> Any:
+    cls = net.session_manager_class(jid, BTBVTrust)
+    backends = [twomemo.Twomemo(storage), oldmemo.Oldmemo(storage)]
+    manager = await cls.create(backends, storage, jid, None, BTBVTrust.UNDECIDED)
+    await manager.after_history_sync()
+    return manager
+
+
+async def _talk(net: Any, sender: Any, receiver: Any, to: str, back: str) -> List[Optional[bytes]]:
+    """One message sender -> receiver (OMEMO 2), decrypted; what the sender then gets, decrypted."""
+    (message,) = await _send(net, sender, to)
+    plaintext, _, _ = await receiver.decrypt(message)
+    for owed in net.take(back, await device_id(sender)):
+        await sender.decrypt(owed)
+    return [plaintext]
+
+
+async def test_a_device_restored_from_an_older_backup_is_detected(tmp_path: Path) -> None:
+    # Alice restores her database from a backup: her next message reuses a message key that Bob already
+    # used for another message. Bob tells it from a duplicate delivery.
+    net = network()
+    path, backup = tmp_path / "alice.db", tmp_path / "alice-backup.db"
+    bob = await create(net, BOB)
+    async with SQLiteStorage(path) as storage:
+        alice = await _sqlite_manager(net, ALICE, storage)
+        for namespace in (NS2, NSL):
+            await alice.refresh_device_list(namespace, BOB)
+            await bob.refresh_device_list(namespace, ALICE)
+        await _talk(net, alice, bob, BOB, ALICE)
+        await _talk(net, bob, alice, ALICE, BOB)
+        await alice.shutdown()
+    shutil.copyfile(path, backup)
+    async with SQLiteStorage(path) as storage:
+        alice = await _sqlite_manager(net, ALICE, storage)
+        (first,) = await _send(net, alice, BOB)
+        await bob.decrypt(first)
+        assert explain(await _failure(bob, first)).reason is Reason.DUPLICATE  # the same message again
+        await alice.shutdown()
+    shutil.copyfile(backup, path)  # the restore
+    async with SQLiteStorage(path) as storage:
+        alice = await _sqlite_manager(net, ALICE, storage)
+        (again,) = await _send(net, alice, BOB)  # the same message key, another message
+        failure = await _failure(bob, again)
+        assert isinstance(failure, MessageKeyReused) and isinstance(failure, DuplicateMessage)
+        diagnosis = explain(failure)
+        assert diagnosis.reason is Reason.RESTORED_BACKUP and "replace_sessions" in diagnosis.advice
+        await alice.shutdown()
+
+
+async def test_our_own_restored_backup_shows_as_sessions_out_of_step(tmp_path: Path) -> None:
+    net = network()
+    path, backup = tmp_path / "bob.db", tmp_path / "bob-backup.db"
+    alice = await create(net, ALICE)
+    async with SQLiteStorage(path) as storage:
+        bob = await _sqlite_manager(net, BOB, storage)
+        for namespace in (NS2, NSL):
+            await alice.refresh_device_list(namespace, BOB)
+            await bob.refresh_device_list(namespace, ALICE)
+        await _talk(net, alice, bob, BOB, ALICE)
+        await bob.shutdown()
+    shutil.copyfile(path, backup)
+    async with SQLiteStorage(path) as storage:
+        bob = await _sqlite_manager(net, BOB, storage)
+        for _ in range(2):  # the ratchet moves on (new keys both ways)
+            await _talk(net, bob, alice, ALICE, BOB)
+            await _talk(net, alice, bob, BOB, ALICE)
+        await bob.shutdown()
+    shutil.copyfile(backup, path)  # Bob restores his older backup
+    async with SQLiteStorage(path) as storage:
+        bob = await _sqlite_manager(net, BOB, storage)
+        first = explain(await _failure(bob, (await _send(net, alice, BOB))[0]))
+        second = explain(await _failure(bob, (await _send(net, alice, BOB))[0]))
+        assert first.reason is Reason.AUTHENTICATION_FAILED  # one failure: could be an altered message
+        assert second.reason is Reason.RESTORED_BACKUP and "in a row" in second.detail
+        await bob.shutdown()

@@ -450,6 +450,7 @@ class Peer:
         stay_in_history_sync: bool = False,
         signed_pre_key_rotation_period: int = 7 * 24 * 60 * 60,
         pre_key_refill_threshold: int = 99,
+        stale_device_messages: Optional[int] = None,
     ) -> Dict[str, Any]:
         if self.sm is not None:
             raise PeerError("a session manager exists already in this peer")
@@ -477,6 +478,9 @@ class Peer:
             signed_pre_key_rotation_period=signed_pre_key_rotation_period,
             pre_key_refill_threshold=pre_key_refill_threshold,
         )
+        if stale_device_messages is not None:
+            # Our stack's staleness threshold (omemo.hygiene); the reference has no such rule.
+            PeerSessionManager.STALE_DEVICE_MESSAGES = stale_device_messages
         self.namespaces = [_KINDS[name].namespace for name in backends]
         if not stay_in_history_sync:
             await self.sm.after_history_sync()

@@ -14,6 +14,7 @@ interpreter (``python tests/interop/refenv.py`` prints it), e.g.::
 
 from __future__ import annotations
 
+import base64
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -368,3 +369,22 @@ def test_history_sync_defers_the_automatic_reply(
     stanza = exchange(net, alice, bob, b"live again")
     assert not stanza.has_key_exchange(bob.jid, bob.device_id)
     conversation(net, bob, alice, 4, tag="after the history sync")
+
+
+def test_a_reference_device_that_stops_answering_goes_stale_here_and_comes_back(
+    network: Network, our_python: Path, reference_python: Path, backend: str
+) -> None:
+    # Ours (with a threshold of 100 instead of 2,000) writes to the reference's device, which reads
+    # nothing: after 100 unanswered messages it is not encrypted for any more. It writes again (without
+    # having read them) and is encrypted for at once, and reads the next message.
+    alice = network.add(our_python, "alice-ours", ALICE, [backend], stale_device_messages=100)
+    bob = network.add(reference_python, "bob-reference", BOB, [backend])
+    first_contact(network, alice, bob)
+    exchange(network, bob, alice, b"bob answers")
+    for i in range(100):
+        alice.call("encrypt", recipients=[BOB], plaintext=base64.b64encode(b"%d" % i).decode())
+    with pytest.raises(PeerCommandError) as info:
+        alice.call("encrypt", recipients=[BOB], plaintext=base64.b64encode(b"stale").decode())
+    assert info.value.is_a("NoEligibleDevices") and "StaleDevice" in str(info.value)
+    exchange(network, bob, alice, b"bob is back")
+    exchange(network, alice, bob, b"welcome back")  # checks that Bob's device reads it

@@ -15,6 +15,7 @@ message whose session state has already advanced.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Awaitable, Callable, List, Optional, Tuple
 
@@ -23,6 +24,9 @@ from ..backend import (
     DecryptionFailed,
     DuplicateMessage,
     KeyExchangeFailed,
+    MessageAuthenticationFailed,
+    MessageKeyReused,
+    SessionOutOfStep,
     TooManySkippedMessageKeys,
 )
 from ..bundle import Bundle
@@ -74,6 +78,63 @@ def _with_context(exc: BackendException, who: str) -> BackendException:
     if add_note is not None:
         add_note(message)
     return exc
+
+
+#: How many decrypted messages (their key material) the session manager remembers, to tell a duplicate
+#: delivery from a device that reuses a message key (restored from a backup).
+REMEMBERED_MESSAGES = 4096
+
+
+def _fingerprint(encrypted: EncryptedKeyMaterial) -> Optional[bytes]:
+    data = getattr(encrypted, "encrypted_message", None)  # our backends' wire bytes; others: no detection
+    return hashlib.sha256(data).digest() if isinstance(data, bytes) else None
+
+
+def _remember_decrypted(
+    core: Core, device: Tuple[str, str, int], encrypted: EncryptedKeyMaterial, session: Session
+) -> None:
+    """Remember a decrypted message, and whether every message of the device's current receiving chain
+    was decrypted while running (only then can an unknown message with a used key be told from a
+    duplicate of a message decrypted before a restart)."""
+    fingerprint = _fingerprint(encrypted)
+    if fingerprint is None:
+        return
+    core.decrypted_messages[fingerprint] = device
+    while len(core.decrypted_messages) > REMEMBERED_MESSAGES:
+        core.decrypted_messages.popitem(last=False)
+    length = session.receiving_chain_length or 0
+    previous = core.chain_lengths.get(device)
+    if length == 1 or (previous is not None and length < previous):
+        core.whole_chains.add(device)  # the chain started while running
+    elif previous is None:
+        core.whole_chains.discard(device)  # first seen in the middle of a chain
+    core.chain_lengths[device] = length
+
+
+def _restored_backup(
+    core: Core, device: Tuple[str, str, int], encrypted: EncryptedKeyMaterial, exc: Exception, who: str
+) -> Optional[Exception]:
+    """A failure that shows a restored backup, where it can be told: a message key used again for another
+    message than the one we decrypted with it (the sender went back in time), or authentication failing
+    for several messages in a row from one device (the two sessions differ)."""
+    if isinstance(exc, DuplicateMessage):
+        fingerprint = _fingerprint(encrypted)
+        if fingerprint is None or fingerprint in core.decrypted_messages or device not in core.whole_chains:
+            return None  # a true duplicate, or nothing to compare with
+        return MessageKeyReused(
+            f"{who} sent a message with a message key already used for another message: its state was"
+            " restored from an older backup (or someone replays altered messages); it cannot be decrypted."
+            " The device must replace its session with this one (replace_sessions here does it from our side)"
+        )
+    if isinstance(exc, MessageAuthenticationFailed) and not isinstance(exc, SessionOutOfStep):
+        failures = core.auth_failures[device] = core.auth_failures.get(device, 0) + 1
+        if failures >= 2:
+            return SessionOutOfStep(
+                f"{failures} messages in a row from {who} failed authentication: the sessions are out of"
+                " step, typically because one side restored an older backup (a forger could cause this too)."
+                " Call replace_sessions for the device"
+            )
+    return None
 
 
 async def sender_information(core: Core, namespace: str, bare_jid: str, device_id: int) -> DeviceInformation:
@@ -204,10 +265,15 @@ async def decrypt(
             else:
                 plaintext = await backend.decrypt_plaintext(message.content, plain_key_material)
         except (TooManySkippedMessageKeys, KeyExchangeFailed, DecryptionFailed) as exc:
+            restored = _restored_backup(core, (namespace, bare_jid, device_id), encrypted, exc, who)
+            if restored is not None:
+                raise restored from exc
             wrapped = _with_context(exc, who)
             if wrapped is exc:
                 raise
             raise wrapped from exc
+        core.auth_failures.pop((namespace, bare_jid, device_id), None)
+        _remember_decrypted(core, (namespace, bare_jid, device_id), encrypted, session)
 
         if check is not None:
             await check(plaintext, device)

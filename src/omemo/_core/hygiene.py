@@ -6,11 +6,12 @@ from __future__ import annotations
 import logging
 from typing import FrozenSet, List, Optional, Sequence, Tuple
 
-from ..backend import Backend
-from ..hygiene import DeviceActivity
+from ..backend import Backend, KeyExchangeFailed
+from ..hygiene import DeviceActivity, DeviceHealth, HealthReport, NamespaceHealth
 from ..session import Session
 from .devices import DeviceRecord, normalize_device_list
-from .state import Core
+from .errors import DeviceListDownloadFailed
+from .state import BUNDLE_ERRORS, Core
 
 __all__ = [
     "DEFAULT_HOOK_MARK",
@@ -19,6 +20,7 @@ __all__ = [
     "default_stale",
     "device_activity",
     "forget_device",
+    "health_report",
     "is_stale",
     "note_heard",
     "propose_own_cleanup",
@@ -185,3 +187,43 @@ async def forget_device(core: Core, bare_jid: str, device_id: int, keep_trust: b
         await core.devices.delete_device(bare_jid, device_id)
         remaining = [known for known in await core.devices.device_ids(bare_jid) if known != device_id]
         await core.devices.store_device_ids(bare_jid, remaining)
+
+
+async def _bundle_problem(core: Core, namespace: str, bare_jid: str, device_id: int) -> Optional[Exception]:
+    """Why no new session could be built from the device's bundle in ``namespace`` (``None``: it could).
+    Builds one in memory as encrypt would, and stores nothing."""
+    backend = core.backend(namespace)
+    try:
+        bundle = await core.download_bundle(namespace, bare_jid, device_id)
+        _, plain_key_material = await backend.encrypt_plaintext(b"")
+        await backend.build_session_active(bare_jid, device_id, bundle, plain_key_material)
+    except (*BUNDLE_ERRORS, KeyExchangeFailed) as exc:
+        return exc
+    return None
+
+
+async def health_report(core: Core, bare_jid: str) -> HealthReport:
+    """See :meth:`SessionManager.get_health_report`."""
+    lists: List[NamespaceHealth] = []
+    for namespace in core.namespaces():
+        try:
+            await core.refresh_device_list(namespace, bare_jid)
+        except DeviceListDownloadFailed as exc:
+            lists.append(NamespaceHealth(namespace, False, 0, exc))
+            continue
+        ids = await core.devices.device_ids(bare_jid)
+        listed = [d for d in ids if (await core.devices.load(bare_jid, d)).active.get(namespace, False)]
+        lists.append(NamespaceHealth(namespace, True, len(listed), None))
+    known = {info.device_id: info for info in (await core.device_information(bare_jid))[0]}
+    order = core.namespaces()
+    devices: List[DeviceHealth] = []
+    for device_id in sorted(await core.devices.device_ids(bare_jid)):
+        record = await core.devices.load(bare_jid, device_id)
+        found = await activity(core, bare_jid, device_id, order, record)
+        bundles: List[Tuple[str, Optional[Exception]]] = []
+        if not (bare_jid == core.own_bare_jid and device_id == core.own_device_id):
+            for namespace in order:
+                if record.active.get(namespace, False):
+                    bundles.append((namespace, await _bundle_problem(core, namespace, bare_jid, device_id)))
+        devices.append(DeviceHealth(device_id, known.get(device_id), found, tuple(bundles)))
+    return HealthReport(bare_jid, tuple(lists), tuple(devices))

@@ -27,8 +27,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from contextlib import AbstractAsyncContextManager
-from typing import AsyncIterator, Callable, Dict, FrozenSet, List, Optional, Protocol, Tuple, cast
+from typing import AsyncIterator, Callable, Dict, FrozenSet, List, Optional, Protocol, Set, Tuple, cast
 
 from .._runtime import AsyncioRuntime, KeyedLocks, Lock, Runtime
 from ..backend import Backend
@@ -130,6 +131,14 @@ class Core:
         self.runtime = runtime
         #: The time (Unix seconds) for device activity; tests replace it.
         self.clock: Callable[[], float] = time.time
+        #: To tell a restored backup from a duplicate or a single altered message (decrypt.py): the
+        #: fingerprints of the messages decrypted while running -> their device; per device the length
+        #: of its receiving chain at its last message, and whether that whole chain was seen while
+        #: running; consecutive authentication failures per device.
+        self.decrypted_messages: OrderedDict[bytes, Tuple[str, str, int]] = OrderedDict()
+        self.chain_lengths: Dict[Tuple[str, str, int], int] = {}
+        self.whole_chains: Set[Tuple[str, str, int]] = set()
+        self.auth_failures: Dict[Tuple[str, str, int], int] = {}
         self.devices = DeviceStore(storage)
         self.queue = HistorySyncQueue(storage)
         self.session_locks: KeyedLocks[Tuple[str, str, int]] = KeyedLocks(runtime)
