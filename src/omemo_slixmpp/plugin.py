@@ -48,6 +48,7 @@ from omemo import sce
 from omemo._core.decrypt import decrypt as _core_decrypt
 from omemo._core.encrypt import encrypt as _core_encrypt
 from omemo.bundle import Bundle
+from omemo.hygiene import HealthReport
 from omemo.message import Message
 from omemo.session_manager import (
     BundleDeletionFailed,
@@ -441,6 +442,15 @@ class XEP_0384(BasePlugin, metaclass=ABCMeta):  # noqa: N801 - the XEP's plugin 
             await pubsub.subscribe(JID(jid), node)
         except Exception as exc:  # best effort: +notify covers contacts with a presence subscription
             _log.debug("could not subscribe to %s of %s: %r", node, jid, exc)
+
+    async def get_health_report(self, jid: Union[JID, str]) -> HealthReport:
+        """What stands between this account and ``jid`` for OMEMO: device lists, devices, trust, sessions,
+        staleness, bundles (see ``SessionManager.get_health_report``; ``omemo.diagnostics.format_report``
+        renders it). Also subscribes to the account's device lists."""
+        manager = await self.get_session_manager()
+        for node in DEVICE_LIST_NODES.values():
+            await self._subscribe(_bare(jid), node)
+        return await manager.get_health_report(_bare(jid))
 
     def is_encrypted(self, stanza: Stanza) -> Set[str]:
         """The namespaces of the OMEMO ``<encrypted>`` elements of ``stanza`` (empty if none)."""

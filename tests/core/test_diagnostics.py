@@ -20,7 +20,7 @@ from omemo.backend import DuplicateMessage, MessageKeyReused
 from omemo.diagnostics import REASONS, Reason, explain, explain_encryption_error, format_report
 from omemo.message import Message
 from omemo.session_manager import DeviceListDownloadFailed, EncryptionError
-from omemo.storages import SQLiteStorage
+from omemo.storages import MemoryStorage, SQLiteStorage
 from omemo.trust import BTBVTrust
 from omemo.types import OMEMOException
 
@@ -108,6 +108,12 @@ async def test_sender_distrusted_and_unknown() -> None:
 
 
 def _spoil(net: Any, namespace: str, jid: str, device: int, how: str) -> None:
+    if how == "missing":
+        del net.bundle_xml[(namespace, jid, device)]
+        return
+    if how == "malformed":
+        net.bundle_xml[(namespace, jid, device)] = f"<bundle xmlns='{namespace}'/>".encode()
+        return
     root = ET.fromstring(net.bundle_xml[(namespace, jid, device)])
     if how == "signature":
         tag = "spks" if namespace == NS2 else "signedPreKeySignature"
@@ -125,7 +131,12 @@ def _spoil(net: Any, namespace: str, jid: str, device: int, how: str) -> None:
 
 @pytest.mark.parametrize(
     ("how", "reason"),
-    [("signature", Reason.BUNDLE_SIGNATURE_INVALID), ("pre keys", Reason.BUNDLE_WITHOUT_PRE_KEYS)],
+    [
+        ("signature", Reason.BUNDLE_SIGNATURE_INVALID),
+        ("pre keys", Reason.BUNDLE_WITHOUT_PRE_KEYS),
+        ("missing", Reason.BUNDLE_NOT_FOUND),
+        ("malformed", Reason.BUNDLE_REJECTED),
+    ],
 )
 async def test_bad_bundles_are_explained_per_device(how: str, reason: Reason) -> None:
     net = network()
@@ -285,3 +296,14 @@ async def test_our_own_restored_backup_shows_as_sessions_out_of_step(tmp_path: P
         assert first.reason is Reason.AUTHENTICATION_FAILED  # one failure: could be an altered message
         assert second.reason is Reason.RESTORED_BACKUP and "in a row" in second.detail
         await bob.shutdown()
+
+
+async def test_a_message_of_a_namespace_not_loaded() -> None:
+    net, alice, _ = await _setup()
+    storage = MemoryStorage()
+    only_omemo2 = await net.session_manager_class(CAROL, BTBVTrust).create(
+        [twomemo.Twomemo(storage)], storage, CAROL, None, BTBVTrust.UNDECIDED
+    )
+    await alice.refresh_device_list(NSL, CAROL)  # Carol publishes no legacy list: nothing to encrypt for
+    (legacy,) = await _send(net, alice, BOB, [NSL])
+    assert explain(await _failure(only_omemo2, legacy)).reason is Reason.UNKNOWN_NAMESPACE

@@ -19,6 +19,7 @@ from slixmpp.stanza import Message
 
 from omemo import sce
 from omemo.backend import DuplicateMessage
+from omemo.diagnostics import format_report
 from omemo.session_manager import NoEligibleDevices
 from omemo.storages import SQLiteStorage
 from omemo_slixmpp import MalformedStanza
@@ -555,3 +556,16 @@ async def test_hostile_pep_items_give_defined_errors_and_leave_the_account_usabl
         assert decrypted["body"] == "still fine"
     finally:
         await disconnect(alice, bob)
+
+
+async def test_a_health_report_through_the_server(pair: Tuple[Client, Client]) -> None:
+    alice, bob = pair
+    await _send(alice, bob, _chat(alice, bob, "hello"))
+    await bob.omemo.decrypt_message(await bob.next_message())
+    report = await alice.omemo.get_health_report(bob.boundjid.bare)
+    lists = [(e.namespace, e.readable, e.devices) for e in report.device_lists]
+    assert lists == [(NS2, True, 1), (NSL, True, 1)]
+    (device,) = report.devices
+    assert dict(device.bundles) == {NS2: None, NSL: None} and not device.activity.stale
+    text = format_report(report)
+    assert f"OMEMO health of {bob.boundjid.bare}" in text and "bundle urn:xmpp:omemo:2: usable" in text
