@@ -4,6 +4,7 @@ Usage::
 
     .venv/bin/python scripts/lock.py            # re-resolve every lock (newest allowed versions)
     .venv/bin/python scripts/lock.py --check    # exit 1 if a lock no longer matches its inputs
+    .venv/bin/python scripts/lock.py --keep     # keep today's pins, resolve only what is new
 
 ``bash scripts/lock.sh`` sets up ``.venv`` and runs the first form. Every lock is compiled by
 ``uv pip compile --universal --generate-hashes`` (valid on every platform and every Python the
@@ -17,7 +18,8 @@ same version everywhere):
 - ``uv.txt``: the installer.
 - ``dev.txt``: the project's runtime dependencies, the ``dev`` extra (tests, linters, uv) and the
   build backend: ``scripts/bootstrap.sh dev``, used by ``scripts/test.sh``.
-- ``runtime.txt``: runtime dependencies, build backend and uv: ``scripts/bootstrap.sh`` (the demo).
+- ``runtime.txt``: runtime dependencies with the ``slixmpp`` extra, build backend and uv:
+  ``scripts/bootstrap.sh`` (the demo, which runs ``omemo-chat`` against a throw-away Prosody).
 - ``bench.txt``: ``dev`` plus the ``bench`` extra: ``scripts/bootstrap.sh bench``.
 - ``reference.txt``: the reference stack's venv of the interop tests (``tests/interop/refenv.py``).
 - ``slixmpp-omemo.txt``: slixmpp-omemo on the reference stack, the legacy peer of ``tests/xmpp``.
@@ -31,6 +33,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -71,7 +74,7 @@ class Lock:
 LOCK_FILES = (
     Lock("uv", inputs=("uv.in",)),
     Lock("dev", inputs=("build.in",), project=True, extras=("dev",), constraints=("uv",)),
-    Lock("runtime", inputs=("build.in", "uv.in"), project=True, constraints=("dev",)),
+    Lock("runtime", inputs=("build.in", "uv.in"), project=True, extras=("slixmpp",), constraints=("dev",)),
     Lock("bench", inputs=("build.in",), project=True, extras=("dev", "bench"), constraints=("dev",)),
     Lock("reference", inputs=("reference.in",)),
     Lock("slixmpp-omemo", inputs=("slixmpp-omemo.in",), python_floor="3.11"),
@@ -121,10 +124,13 @@ def _uv() -> str:
     raise SystemExit("uv not found: run 'bash scripts/bootstrap.sh dev' first (or use scripts/lock.sh)")
 
 
-def compile_lock(lock: Lock, uv: str) -> None:
-    """Re-resolve ``lock`` with uv and write it with its inputs digest."""
+def compile_lock(lock: Lock, uv: str, keep: bool = False) -> None:
+    """Re-resolve ``lock`` with uv and write it with its inputs digest (with ``keep``: the versions it
+    pins now are kept where the inputs still allow them; only what changed is resolved anew)."""
     command = [uv, "pip", "compile", "--universal", "--generate-hashes"]
-    command += ["--python-version", lock.python_floor, "--no-header", "--upgrade"]
+    command += ["--python-version", lock.python_floor, "--no-header"]
+    if not keep:
+        command.append("--upgrade")
     if lock.project:
         command.append("pyproject.toml")
         for extra in lock.extras:
@@ -132,7 +138,14 @@ def compile_lock(lock: Lock, uv: str) -> None:
     command += [f"locks/{name}" for name in lock.inputs]
     for name in lock.constraints:
         command += ["--constraint", f"locks/{name}.txt"]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
+    with tempfile.TemporaryDirectory() as scratch:
+        if keep and lock.path.exists():
+            # uv prefers the versions of an existing output file; a copy, so the lock is only replaced
+            # (with its header) once the compile succeeded.
+            previous = Path(scratch) / "previous.txt"
+            shutil.copyfile(lock.path, previous)
+            command += ["--output-file", str(previous)]
+        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise SystemExit(f"compiling locks/{lock.name}.txt failed:\n{result.stderr}")
     header = (
@@ -148,6 +161,9 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--check", action="store_true", help="only check that every lock matches its inputs")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep today's pins where the inputs allow (add what is new only)"
+    )
     args = parser.parse_args()
     if args.check:
         stale = stale_locks()
@@ -156,7 +172,7 @@ def main() -> int:
         return 1 if stale else 0
     uv = _uv()
     for lock in LOCK_FILES:
-        compile_lock(lock, uv)
+        compile_lock(lock, uv, keep=args.keep)
         pins = sum(1 for line in lock.path.read_text().splitlines() if "==" in line)
         print(f"locks/{lock.name}.txt: {pins} pins")
     return 0

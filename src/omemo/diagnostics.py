@@ -196,7 +196,8 @@ REASONS: Dict[Reason, Tuple[str, str]] = {
         "The device must republish a valid bundle; the detail names the field.",
     ),
     Reason.BUNDLE_DOWNLOAD_FAILED: (
-        "Downloading the device's bundle failed (a network or server error).",
+        "Downloading the device's bundle failed: a network or server error, or its node is not readable"
+        " from here (some servers answer 'forbidden' for a node that does not exist).",
         "Retry later; if it persists, check that the bundle node is readable (access model open).",
     ),
     Reason.DEVICE_LIST_UNREADABLE: (

@@ -389,6 +389,12 @@ class XEP_0384(BasePlugin, metaclass=ABCMeta):  # noqa: N801 - the XEP's plugin 
                 TrustLevel.UNDECIDED.value,
             )
             await manager.after_history_sync()
+            try:
+                # The server may have lost or never had what the storage says is published (a new server,
+                # a restored account): republish what differs, once per start.
+                await manager.ensure_data_consistency()
+            except OMEMOException as exc:
+                _log.warning("could not check the published OMEMO data: %s", exc)
         except Exception as exc:
             _log.exception("OMEMO could not be set up")
             future.set_exception(exc)
