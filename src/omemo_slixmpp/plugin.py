@@ -348,11 +348,21 @@ class XEP_0384(BasePlugin, metaclass=ABCMeta):  # noqa: N801 - the XEP's plugin 
         self.xmpp.del_event_handler("groupchat_message", self._rooms.observe)
         for namespace in (NS2, NSL):
             self.xmpp.remove_handler(f"OMEMO empty messages ({namespace})")
-        for node in DEVICE_LIST_NODES.values():
+        for node in self._nodes().values():
             self.xmpp.plugin["xep_0163"].remove_interest(node)
 
+    @property
+    def _spoken(self) -> Tuple[str, ...]:
+        """The namespaces this account speaks (the ``namespaces`` option)."""
+        spoken: Tuple[str, ...] = tuple(self.config["namespaces"])
+        return spoken
+
+    def _nodes(self) -> Dict[str, str]:
+        """The device-list nodes of the namespaces spoken."""
+        return {ns: node for ns, node in DEVICE_LIST_NODES.items() if ns in self._spoken}
+
     def post_init(self) -> None:
-        for node in DEVICE_LIST_NODES.values():
+        for node in self._nodes().values():
             self.xmpp.plugin["xep_0163"].add_interest(node)
 
     def _manager_future(self) -> asyncio.Future[SessionManager]:
@@ -404,7 +414,7 @@ class XEP_0384(BasePlugin, metaclass=ABCMeta):  # noqa: N801 - the XEP's plugin 
 
     async def _on_pubsub_publish(self, stanza: Stanza) -> None:
         node = stanza["pubsub_event"]["items"]["node"]
-        namespaces = [ns for ns, name in DEVICE_LIST_NODES.items() if name == node]
+        namespaces = [ns for ns, name in DEVICE_LIST_NODES.items() if name == node and ns in self._spoken]
         if not namespaces:
             return
         namespace, sender = namespaces[0], _bare(stanza["from"] or self.xmpp.boundjid.bare)
@@ -431,7 +441,7 @@ class XEP_0384(BasePlugin, metaclass=ABCMeta):  # noqa: N801 - the XEP's plugin 
         manager = await self.get_session_manager()
         for jid in {_bare(jid) for jid in jids}:
             known = await manager.get_device_information(jid)
-            for namespace, node in DEVICE_LIST_NODES.items():
+            for namespace, node in self._nodes().items():
                 if force_download or not known:
                     try:
                         await manager.refresh_device_list(namespace, jid)
@@ -454,7 +464,7 @@ class XEP_0384(BasePlugin, metaclass=ABCMeta):  # noqa: N801 - the XEP's plugin 
         staleness, bundles (see ``SessionManager.get_health_report``; ``omemo.diagnostics.format_report``
         renders it). Also subscribes to the account's device lists."""
         manager = await self.get_session_manager()
-        for node in DEVICE_LIST_NODES.values():
+        for node in self._nodes().values():
             await self._subscribe(_bare(jid), node)
         return await manager.get_health_report(_bare(jid))
 

@@ -129,6 +129,8 @@ def test_devices_fingerprint_and_trust(cli: Cli) -> None:
     assert cli.json(alice, "devices", bob)["devices"][0]["trust"] == "TRUSTED"
     cli.json(alice, "trust", bob, str(device["device"]), "--level", "distrusted")
     assert cli.json(alice, "devices", bob)["devices"][0]["trust"] == "DISTRUSTED"
+    undeliverable = cli.run(alice, "send", bob, "nobody may read this")  # Bob's only device is distrusted
+    assert undeliverable.returncode == 6, undeliverable.stderr
     table = cli.run(alice, "devices", bob)
     assert table.returncode == 0 and device["fingerprint"] in table.stdout and "DISTRUSTED" in table.stdout
     assert cli.run(alice, "trust", bob, "12345", "--level", "trusted").returncode == 2
@@ -242,3 +244,40 @@ def test_no_password_without_a_terminal_and_python_m(cli: Cli) -> None:
         check=False,
     )
     assert module.returncode == 0 and "diagnose" in module.stdout
+
+
+def test_listen_catches_up_what_arrived_while_offline(cli: Cli) -> None:
+    alice, bob = cli.account("alice"), cli.account("bob")
+    assert cli.run(bob, "fingerprint").returncode == 0  # Bob's device exists, then goes offline
+    for text in ("first while away", "second while away"):
+        assert cli.run(alice, "send", bob, text).returncode == 0
+    caught = cli.run(bob, "listen", "--count", "2", "--timeout", "60", "--json")
+    assert caught.returncode == 0, caught.stderr
+    bodies = [json.loads(line)["body"] for line in caught.stdout.strip().splitlines()]
+    assert bodies == ["first while away", "second while away"]
+
+
+async def _make_room(server: Prosody, owner: str, member: str) -> str:
+    """A members-only, non-anonymous room owned by ``owner`` with ``member`` as member."""
+    assert server.muc_domain is not None
+    room = f"cliroom{next(_names)}@{server.muc_domain}"
+    client = await connect_plain(server, owner)
+    try:
+        client.register_plugin("xep_0045")
+        muc = cast(Any, client.plugin)["xep_0045"]
+        await muc.join_muc_wait(JID(room), "owner", timeout=20)
+        await muc.set_affiliation(JID(room), "member", jid=JID(member))
+    finally:
+        await client.disconnect()
+    return room
+
+
+def test_send_to_a_group_chat(cli: Cli, server: Prosody) -> None:
+    alice, bob = cli.account("alice"), cli.account("bob")
+    bob_device = cli.json(bob, "fingerprint")["devices"][0]["device"]
+    room = asyncio.run(_make_room(server, alice, bob))
+    sent = cli.json(alice, "send", "--muc", room, "hello room")
+    assert any(
+        d["jid"] == bob and d["device"] == bob_device and d["result"].startswith("sent")
+        for d in sent["devices"]
+    )
