@@ -52,7 +52,6 @@ NAMES = {NS2: "OMEMO 2", NSL: "legacy OMEMO"}
 PASSWORD = "demo-password"
 PLUGINS = ("xep_0030", "xep_0045", "xep_0060", "xep_0163", "xep_0280", "xep_0334", "xep_0380")
 
-register_plugin(omemo_slixmpp.XEP_0384SQLite)
 
 
 class Device:
@@ -65,6 +64,7 @@ class Device:
         for plugin in PLUGINS:
             self.client.register_plugin(plugin)
         config = {"data_path": str(data / f"{name.replace('/', '-')}.sqlite"), "namespaces": namespaces}
+        register_plugin(omemo_slixmpp.XEP_0384SQLite)  # slixmpp's registry is global: right before use
         self.client.register_plugin("xep_0384", config, module=omemo_slixmpp)
         self.client.register_handler(
             Callback(f"demo {name}", MatchXPath("{jabber:client}message"), self._queue)

@@ -25,7 +25,7 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, ContextManager, Dict, List, Optional, Sequence, Tuple, cast
+from typing import Any, ContextManager, Dict, List, Optional, Sequence, Set, Tuple, cast
 
 from rich.console import Console
 from rich.table import Table
@@ -64,7 +64,6 @@ PLUGINS = ("xep_0030", "xep_0045", "xep_0059", "xep_0060", "xep_0163", "xep_0280
 CONNECT_TIMEOUT = 30.0
 DAY = 86400.0
 
-register_plugin(XEP_0384SQLite)
 
 
 class Failure(Exception):
@@ -185,6 +184,7 @@ class Connection:
         for plugin in PLUGINS:
             self.client.register_plugin(plugin)
         config = {"data_path": str(data / f"{bare}.sqlite"), "namespaces": NAMESPACES[args.namespace]}
+        register_plugin(XEP_0384SQLite)  # slixmpp's plugin registry is global: right before use
         self.client.register_plugin("xep_0384", config, module=sys.modules[__name__])
         self.inbox: asyncio.Queue[Stanza] = asyncio.Queue()
         self.client.register_handler(
@@ -360,6 +360,7 @@ async def cmd_listen(connection: Connection, args: argparse.Namespace) -> int:
     omemo = connection.omemo
     manager = await connection.manager()
     seen = 0
+    shown: Set[Tuple[str, str]] = set()
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
 
     async def show(stanza: Stanza) -> bool:
@@ -376,7 +377,13 @@ async def cmd_listen(connection: Connection, args: argparse.Namespace) -> int:
             return False
         if not message["body"]:
             return False
-        namespace = NS2 if NS2 in omemo.is_encrypted(stanza) else NSL
+        # The same message from the archive and live (offline delivery) is shown once.
+        identity = (device.bare_jid, str(message["id"] or message["origin_id"] or id(stanza)))
+        if identity in shown:
+            return False
+        shown.add(identity)
+        present = {ns for ns in (NS2, NSL) if next(stanza.xml.iter(f"{{{ns}}}encrypted"), None) is not None}
+        namespace = next((ns for ns in omemo.config["namespaces"] if ns in present), NSL)
         trust = next(
             (
                 d.trust_level_name

@@ -354,7 +354,8 @@ class XEP_0384(BasePlugin, metaclass=ABCMeta):  # noqa: N801 - the XEP's plugin 
     @property
     def _spoken(self) -> Tuple[str, ...]:
         """The namespaces this account speaks (the ``namespaces`` option)."""
-        spoken: Tuple[str, ...] = tuple(self.config["namespaces"])
+        # (Also before plugin_init merged the defaults: slixmpp may run post_init first.)
+        spoken: Tuple[str, ...] = tuple(self.config.get("namespaces", XEP_0384.default_config["namespaces"]))
         return spoken
 
     def _nodes(self) -> Dict[str, str]:

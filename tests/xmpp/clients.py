@@ -106,6 +106,9 @@ async def connect(
     for plugin in (*plugins, "xep_0199"):
         client.register_plugin(plugin)
     config = {"storage_object": storage or MemoryStorage(), "namespaces": namespaces}
+    # slixmpp keeps one global registry per plugin name: whoever registered "xep_0384" last (a demo, the
+    # CLI, imported in the same process) would be used. Ours, right before use.
+    register_plugin(TestPlugin)
     client.register_plugin("xep_0384", config, module=sys.modules[__name__])
     ready = asyncio.get_running_loop().create_future()
 

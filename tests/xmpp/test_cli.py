@@ -116,6 +116,8 @@ def test_devices_fingerprint_and_trust(cli: Cli) -> None:
     own = cli.json(bob, "fingerprint")
     assert own["trust_uri"].startswith(f"xmpp:{bob}?trust-message;encryption={NS2};trust=")
     (bob_device,) = own["devices"]
+    qr = cli.run(bob, "fingerprint", "--qr")
+    assert qr.returncode == 0 and "trust-message" in qr.stdout and "█" in qr.stdout
     listed = cli.json(alice, "devices", bob)
     (device,) = listed["devices"]
     assert device["device"] == bob_device["device"] and device["fingerprint"] == bob_device["fingerprint"]
@@ -281,3 +283,15 @@ def test_send_to_a_group_chat(cli: Cli, server: Prosody) -> None:
         d["jid"] == bob and d["device"] == bob_device and d["result"].startswith("sent")
         for d in sent["devices"]
     )
+
+
+def test_listen_reads_the_archive_first_and_shows_each_message_once(cli: Cli) -> None:
+    alice, bob = cli.account("alice"), cli.account("bob")
+    assert cli.run(bob, "fingerprint").returncode == 0
+    for text in ("archived one", "archived two"):
+        assert cli.run(alice, "send", bob, text).returncode == 0
+    # Both are in the archive and in the offline store: read from the archive, shown once each.
+    caught = cli.run(bob, "listen", "--history", "10", "--timeout", "5", "--json")
+    assert caught.returncode == 0, caught.stderr
+    bodies = [json.loads(line)["body"] for line in caught.stdout.strip().splitlines()]
+    assert bodies == ["archived one", "archived two"]
