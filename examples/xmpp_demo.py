@@ -53,7 +53,6 @@ PASSWORD = "demo-password"
 PLUGINS = ("xep_0030", "xep_0045", "xep_0060", "xep_0163", "xep_0280", "xep_0334", "xep_0380")
 
 
-
 class Device:
     """One logged-in device with the OMEMO plugin (SQLite state) and an inbox of every message."""
 

@@ -65,7 +65,6 @@ CONNECT_TIMEOUT = 30.0
 DAY = 86400.0
 
 
-
 class Failure(Exception):
     """A failure that ends the command with an exit code and a message for the user."""
 
