@@ -10,39 +10,93 @@ from __future__ import annotations
 import asyncio
 import base64
 import enum
+import inspect
+import itertools
 import json
 import sqlite3
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import pytest
 
 from omemo.storage import Just, Maybe, Nothing, NothingException, Storage, StorageException
-from omemo.storages import MemoryStorage, SQLiteStorage
+from omemo.storages import MemoryStorage, PostgreSQLStorage, SQLiteStorage
 from omemo.types import JSONType
 
 
 @dataclass
 class Env:
     kind: str
-    storage: Any  # MemoryStorage | SQLiteStorage: both have transaction() and snapshot()
+    storage: Any  # MemoryStorage | SQLiteStorage | PostgreSQLStorage: all have transaction(), snapshot()
     reopen: Callable[[], Any]
     persistent: bool
     cached: bool
+    areopen: Optional[Callable[[], Awaitable[Any]]] = None
+
+    async def reopened(self) -> Any:
+        """The storage closed and opened again (persistent kinds)."""
+        if self.areopen is not None:
+            return await self.areopen()
+        return self.reopen()
 
 
-KINDS = ["memory", "memory-cached", "memory-json", "memory-json-cached", "sqlite", "sqlite-nocache"]
+KINDS = [
+    "memory",
+    "memory-cached",
+    "memory-json",
+    "memory-json-cached",
+    "sqlite",
+    "sqlite-nocache",
+    "postgres",
+    "postgres-nocache",
+]
+_accounts = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Any]:
+    from postgres.server import start_postgres_or_skip
+
+    server = start_postgres_or_skip()
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 @pytest.fixture(params=KINDS)
 async def env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Env]:
     kind: str = request.param
     opened: List[SQLiteStorage] = []
+    if kind.startswith("postgres"):
+        import asyncpg
+
+        server = request.getfixturevalue("postgres")
+        pool = await asyncpg.create_pool(server.dsn, min_size=1, max_size=4)
+        account = f"account{next(_accounts)}@example.org"
+        pg_cached = kind == "postgres"
+        first = await PostgreSQLStorage.open(pool, account, disable_cache=not pg_cached)
+        pg_env = Env(kind, first, lambda: None, persistent=True, cached=pg_cached)
+
+        def reopen_pg() -> Any:
+            raise AssertionError("use await env.areopen()")
+
+        async def areopen() -> Any:
+            await pg_env.storage.close()
+            pg_env.storage = await PostgreSQLStorage.open(pool, account, disable_cache=not pg_cached)
+            return pg_env.storage
+
+        pg_env.reopen = reopen_pg
+        pg_env.areopen = areopen
+        yield pg_env
+        await pg_env.storage.close()
+        await pool.close()
+        return
     if kind.startswith("memory"):
         cached = kind.endswith("cached")
         mem = MemoryStorage(serialize="json" in kind, disable_cache=not cached)
@@ -469,7 +523,7 @@ async def test_transaction_commits(env: Env) -> None:
             await s.store("d", [1])
     assert (await s.load("a")).from_just() == 1
     if env.persistent:
-        env.reopen()
+        await env.reopened()
     assert (await env.storage.load_bytes("b")).from_just() == b"\x01"
     assert (await env.storage.load_list("d", int)).from_just() == [1]
 
@@ -489,7 +543,7 @@ async def test_transaction_rolls_back_on_error(env: Env) -> None:
     assert (await s.load("fresh")).is_nothing
     assert (await s.load_primitive("gone", int)).from_just() == 1
     if env.persistent:
-        s = env.reopen()
+        s = await env.reopened()
         assert (await s.load("a")).from_just() == "old"
         assert (await s.load("fresh")).is_nothing
 
@@ -527,6 +581,8 @@ async def test_snapshot(env: Env) -> None:
     await env.storage.store("a", {"x": [1]})
     await env.storage.store_bytes("b", b"\xff")
     snap = env.storage.snapshot()
+    if inspect.isawaitable(snap):
+        snap = await snap
     assert snap == {"a": {"x": [1]}, "b": base64.urlsafe_b64encode(b"\xff").decode()}
     snap["a"]["x"].append(2)
     assert (await env.storage.load("a")).from_just() == {"x": [1]}
@@ -661,3 +717,133 @@ async def test_sqlite_shared_across_tasks(tmp_path: Path) -> None:
 
         await asyncio.gather(*(work(i) for i in range(5)))
         assert len(s.snapshot()) == 100
+
+
+# -- PostgreSQL --------------------------------------------------------------------------------------
+
+
+async def _pool(server: Any) -> Any:
+    import asyncpg
+
+    return await asyncpg.create_pool(server.dsn, min_size=1, max_size=4)
+
+
+async def test_postgres_one_open_per_account_and_the_lock_goes_with_the_process(postgres: Any) -> None:
+    from omemo.storages import AccountInUse
+
+    pool = await _pool(postgres)
+    try:
+        first = await PostgreSQLStorage.open(pool, "busy@example.org")
+        with pytest.raises(AccountInUse, match=r"busy@example\.org"):
+            await PostgreSQLStorage.open(pool, "busy@example.org")
+        other = await PostgreSQLStorage.open(pool, "other@example.org")  # other accounts are fine
+        # Another process cannot open it either, until this one closes it.
+        script = textwrap.dedent(
+            f"""
+            import asyncio, asyncpg, sys
+            from omemo.storages import AccountInUse, PostgreSQLStorage
+            async def main():
+                pool = await asyncpg.create_pool({postgres.dsn!r}, min_size=1, max_size=2)
+                try:
+                    s = await PostgreSQLStorage.open(pool, "busy@example.org")
+                except AccountInUse:
+                    print("in use")
+                    return
+                await s.store("from the other process", 1)
+                await s.close()
+                print("opened")
+            asyncio.run(main())
+            """
+        )
+
+        def run() -> str:
+            command = [sys.executable, "-c", script]
+            return subprocess.run(
+                command, capture_output=True, text=True, timeout=60, check=True
+            ).stdout.strip()
+
+        assert run() == "in use"
+        await first.close()
+        assert run() == "opened"
+        again = await PostgreSQLStorage.open(pool, "busy@example.org")
+        assert (await again.load_primitive("from the other process", int)).from_just() == 1
+        await again.close()
+        await other.close()
+    finally:
+        await pool.close()
+
+
+async def test_postgres_writes_are_durable_when_they_return_and_survive_a_killed_server(
+    postgres: Any,
+) -> None:
+    pool = await _pool(postgres)
+    storage = await PostgreSQLStorage.open(pool, "durable@example.org", disable_cache=True)
+    try:
+        await storage.store("kept", {"a": [1, 2]})
+    finally:
+        await storage.close()
+        await pool.close()
+    postgres.kill()  # a crash of the database server right after the write returned
+    postgres.start()
+    pool = await _pool(postgres)
+    try:
+        storage = await PostgreSQLStorage.open(pool, "durable@example.org")
+        assert (await storage.load("kept")).from_just() == {"a": [1, 2]}
+        await storage.close()
+    finally:
+        await pool.close()
+
+
+def test_postgres_a_transaction_cut_by_a_killed_process_leaves_nothing(postgres: Any) -> None:
+    script = textwrap.dedent(
+        f"""
+        import asyncio, asyncpg, os, signal
+        from omemo.storages import PostgreSQLStorage
+        async def main():
+            pool = await asyncpg.create_pool({postgres.dsn!r}, min_size=1, max_size=2)
+            s = await PostgreSQLStorage.open(pool, "cut@example.org")
+            await s.store("before", 1)
+            async with s.transaction():
+                await s.store("half", 1)
+                await s.store("other half", 2)
+                os.kill(os.getpid(), signal.SIGKILL)
+        asyncio.run(main())
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60, check=False)
+    assert result.returncode == -9
+
+    async def check() -> None:
+        pool = await _pool(postgres)
+        try:
+            storage = await PostgreSQLStorage.open(pool, "cut@example.org")  # the lock died with it
+            assert await storage.snapshot() == {"before": 1}
+            await storage.close()
+        finally:
+            await pool.close()
+
+    asyncio.run(check())
+
+
+async def test_postgres_bad_records_and_a_newer_schema(postgres: Any) -> None:
+    pool = await _pool(postgres)
+    try:
+        storage = await PostgreSQLStorage.open(pool, "broken@example.org", disable_cache=True)
+        await storage.store("good", 1)
+        await storage.store("bad", 2)
+        await pool.execute(
+            "UPDATE omemo_kv SET value = '{truncat' WHERE account = $1 AND key = 'bad'", "broken@example.org"
+        )
+        with pytest.raises(StorageException, match=r"'broken@example\.org'.*'bad'.*not valid JSON"):
+            await storage.load("bad")
+        assert (await storage.load_primitive("good", int)).from_just() == 1  # the rest keeps working
+        await storage.close()
+        await pool.execute("INSERT INTO omemo_schema (version) VALUES (99)")
+        from omemo.storages._postgresql import _POOLS
+
+        _POOLS.clear()  # as a fresh process would: the schema is checked again
+        with pytest.raises(StorageException, match="schema version 99"):
+            await PostgreSQLStorage.open(pool, "broken@example.org")
+        await pool.execute("DELETE FROM omemo_schema WHERE version = 99")
+    finally:
+        await pool.close()
