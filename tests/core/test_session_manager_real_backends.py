@@ -230,3 +230,32 @@ async def test_a_device_is_answered_in_the_namespace_it_writes_in() -> None:
     assert await alice_writes(both) == [NS2]
     await alice.shutdown()
     await bob.shutdown()
+
+
+async def test_a_used_pre_key_is_republished_away_after_a_crash_before_the_upload(tmp_path: Path) -> None:
+    # Bob decrypts a key exchange (its pre key is deleted, committed) and dies before the bundle upload
+    # (here: the upload fails and the process "restarts" on the same database). The next start sees the
+    # unpublished change and publishes the bundle without that pre key, so nobody gets it again.
+    net = InMemoryXMPP()
+    alice = await _create(net, ALICE, MemoryStorage())
+    await alice.after_history_sync()
+    async with SQLiteStorage(tmp_path / "bob.db") as storage:
+        bob = await _create(net, BOB, storage)
+        await bob.after_history_sync()
+        bob_id = (await bob.get_own_device_information())[0].device_id
+        messages, _ = await alice.encrypt(
+            frozenset({BOB}), {NS2: b"<envelope/>"}, backend_priority_order=[NS2]
+        )
+        (message,) = messages
+        (kex,) = [kex for _, kex in message.keys if kex is not None]
+        used = kex.pre_key_id
+        assert used in net.bundles[(NS2, BOB, bob_id)].pre_keys  # type: ignore[attr-defined]
+        net.fail("upload_bundle", times=None)
+        await bob.decrypt(message)
+        assert used in net.bundles[(NS2, BOB, bob_id)].pre_keys  # type: ignore[attr-defined]
+        net.clear_failures()
+    async with SQLiteStorage(tmp_path / "bob.db") as storage:  # the restart
+        bob = await _create(net, BOB, storage)
+        assert used not in net.bundles[(NS2, BOB, bob_id)].pre_keys  # type: ignore[attr-defined]
+        await bob.shutdown()
+    await alice.shutdown()

@@ -535,11 +535,19 @@ class Network:
     def restart(self, peer: Peer, *, kill: bool = False) -> None:
         """Restart a peer from its storage file (after a polite exit, or a SIGKILL "crash").
 
+        A peer started with the environment variable ``OMEMO_PEER_JOURNAL`` (a file) writes every
+        publication there before its hook returns; what a killed peer published is taken from it.
+
         Args:
             peer: the peer to restart.
             kill: kill it instead of asking it to exit.
         """
         peer.stop(kill=kill)
+        journal = peer._env.get("OMEMO_PEER_JOURNAL")
+        if journal and os.path.exists(journal):
+            with open(journal, encoding="utf-8") as f:
+                peer.publications.extend(json.loads(line) for line in f if line.strip())
+            os.remove(journal)
         peer.start()
         self._log_in(peer, peer.recreate)
         self.sync()

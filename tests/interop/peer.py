@@ -209,6 +209,18 @@ class _World:
     warnings: List[str] = field(default_factory=list)
     faults: Dict[str, bool] = field(default_factory=dict)
 
+    def publish(self, item: Dict[str, Any]) -> None:
+        """Queue a publication; with ``OMEMO_PEER_JOURNAL`` set, also append it to that file (synced)
+        before the hook returns, as a server's acknowledgement would: a peer killed before its response
+        still leaves what it published (the crash tests read the journal)."""
+        self.publications.append(item)
+        journal = os.environ.get("OMEMO_PEER_JOURNAL")
+        if journal:
+            with open(journal, "a", encoding="utf-8") as f:
+                f.write(json.dumps(item) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+
     def check_fault(self, hook: str, exception: Callable[[str], Exception]) -> None:
         if self.faults.get(hook):
             raise exception(f"injected fault in _{hook}")
@@ -234,7 +246,7 @@ class PeerSessionManager(omemo.SessionManager):
         WORLD.check_fault("upload_bundle", omemo.BundleUploadFailed)
         xml = _to_xml(_kind(bundle.namespace).etree.serialize_bundle(bundle))
         WORLD.bundles[(bundle.namespace, bundle.bare_jid, bundle.device_id)] = xml
-        WORLD.publications.append(
+        WORLD.publish(
             {
                 "kind": "bundle",
                 "namespace": bundle.namespace,
@@ -267,7 +279,7 @@ class PeerSessionManager(omemo.SessionManager):
         WORLD.check_fault("delete_bundle", omemo.BundleDeletionFailed)
         _kind(namespace)
         WORLD.bundles.pop((namespace, WORLD.own_jid, device_id), None)
-        WORLD.publications.append(
+        WORLD.publish(
             {"kind": "bundle_deleted", "namespace": namespace, "jid": WORLD.own_jid, "device_id": device_id}
         )
 
@@ -276,9 +288,7 @@ class PeerSessionManager(omemo.SessionManager):
         WORLD.check_fault("upload_device_list", omemo.DeviceListUploadFailed)
         xml = _to_xml(_kind(namespace).etree.serialize_device_list(device_list))
         WORLD.device_lists[(namespace, WORLD.own_jid)] = xml
-        WORLD.publications.append(
-            {"kind": "device_list", "namespace": namespace, "jid": WORLD.own_jid, "xml": xml}
-        )
+        WORLD.publish({"kind": "device_list", "namespace": namespace, "jid": WORLD.own_jid, "xml": xml})
 
     @staticmethod
     async def _download_device_list(namespace: str, bare_jid: str) -> Dict[int, Any]:
@@ -378,11 +388,29 @@ class PeerError(Exception):
     """A command was used wrongly (unknown command, missing argument, no session manager yet)."""
 
 
+async def _open_storage(spec: Optional[str]) -> Any:
+    """The peer's storage: a JSON file path (default), or (our stack only, for the crash tests)
+    ``sqlite:PATH`` or ``postgres:DSN#ACCOUNT``, whose writes land while a command runs."""
+    if spec is not None and spec.startswith("sqlite:"):
+        from omemo.storages import SQLiteStorage
+
+        return SQLiteStorage(spec[len("sqlite:") :])
+    if spec is not None and spec.startswith("postgres:"):
+        import asyncpg
+
+        from omemo.storages import PostgreSQLStorage
+
+        dsn, account = spec[len("postgres:") :].rsplit("#", 1)
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+        return await PostgreSQLStorage.open(pool, account)
+    return JSONFileStorage(spec)
+
+
 class Peer:
     """The RPC command handlers of one device."""
 
     def __init__(self) -> None:
-        self.storage: Optional[JSONFileStorage] = None
+        self.storage: Optional[Any] = None  # JSONFileStorage, or a ready storage of ours (crash tests)
         self.sm: Optional[PeerSessionManager] = None
         self.namespaces: List[str] = []
         self.exiting = False
@@ -419,7 +447,7 @@ class Peer:
             response["ok"] = False
             response["error"] = _error(e)
         try:
-            if self.storage is not None:
+            if isinstance(self.storage, JSONFileStorage):
                 self.storage.flush()
         except Exception as e:
             response["ok"] = False
@@ -461,7 +489,7 @@ class Peer:
             raise PeerError(f"unknown backend(s) {unknown}; known: {sorted(_KINDS)}")
         WORLD.own_jid = jid
         WORLD.trust = trust
-        self.storage = JSONFileStorage(storage)
+        self.storage = await _open_storage(storage)
         backend_objects: List[omemo.Backend] = []
         for name in backends:
             limits: Dict[str, Any] = {"max_num_per_session_skipped_keys": max_skipped_per_session}
@@ -625,7 +653,7 @@ class Peer:
         return dict(WORLD.faults)
 
     async def cmd_stats(self) -> Dict[str, Any]:
-        if self.storage is None:
+        if not isinstance(self.storage, JSONFileStorage):
             return {}
         keys, chars = self.storage.size()
         return {**self.storage.counters, "keys": keys, "chars": chars}

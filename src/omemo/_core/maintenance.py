@@ -21,7 +21,7 @@ from .errors import (
     MessageSendingFailed,
     UnknownNamespace,
 )
-from .state import Core, describe
+from .state import Core, describe, dirty_bundle_key
 
 __all__ = [
     "after_history_sync",
@@ -87,7 +87,13 @@ async def set_up_backends(core: Core) -> None:
         new = backend.namespace not in own.namespaces
         async with core.backend_locks.hold(backend.namespace):
             refilled = await core.refill_pre_keys(backend)
-        if new or refilled:
+        # A bundle change that the last run committed but did not publish (it was killed in between).
+        unpublished = (await core.storage.load_primitive(dirty_bundle_key(backend.namespace), bool)).maybe(
+            False
+        )
+        if unpublished:
+            core.persisted_dirty.add(backend.namespace)
+        if new or refilled or unpublished:
             await core.upload_bundle(backend)
         if new:
             # The device list last: only now is this backend usable by others.

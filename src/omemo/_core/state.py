@@ -77,6 +77,13 @@ def supports_labels(backend: Backend) -> bool:
     return bool(getattr(backend, "supports_labels", False))
 
 
+def dirty_bundle_key(namespace: str) -> str:
+    """The storage key marking that a namespace's bundle changed and is not published yet (an addition
+    of ours to the reference's layout): set with the change, in its transaction; removed after the
+    upload; a start finding it republishes."""
+    return f"/omemo-stack/bundle-dirty/{namespace}"
+
+
 class Hooks(Protocol):
     """What the core uses of :class:`omemo.session_manager.SessionManager`: the application's XMPP,
     trust and staleness hooks and some class constants. The session manager passes itself; typing it by this
@@ -147,6 +154,8 @@ class Core:
         self.queue_lock: Lock = runtime.new_lock()
         self.history_sync = True
         self.dirty_bundles: set[str] = set()
+        #: Namespaces whose bundle is marked dirty in the storage too (dirty_bundle_key).
+        self.persisted_dirty: set[str] = set()
         #: (namespace, bare JID) whose device list decrypt fetched because a known device wrote in a
         #: namespace it was not known to use: once per instance, not once per message.
         self.namespace_lookups: set[Tuple[str, str]] = set()
@@ -182,6 +191,9 @@ class Core:
             self.dirty_bundles.add(namespace)
             await self.manager._upload_bundle(bundle)
             self.dirty_bundles.discard(namespace)
+            if namespace in self.persisted_dirty:
+                await self.storage.delete(dirty_bundle_key(namespace))
+                self.persisted_dirty.discard(namespace)
 
     async def refill_pre_keys(self, backend: Backend) -> bool:
         """Refill the pre keys to 100 if no more than the threshold are visible (backend lock held).
@@ -254,6 +266,10 @@ class Core:
                     changed = await backend.delete_pre_key(session)
                 if changed:
                     await self.refill_pre_keys(backend)
+                    # In the same transaction: if the process dies before the upload below, the next
+                    # start republishes, so the used pre key does not stay published (handed out twice).
+                    await self.storage.store(dirty_bundle_key(namespace), True)
+                    self.persisted_dirty.add(namespace)
             if changed:
                 self.dirty_bundles.add(namespace)
         if changed:
