@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from typing import Dict, FrozenSet, List, Optional, Tuple, Type, TypeVar
+from typing import Awaitable, Callable, Dict, FrozenSet, List, Optional, Tuple, Type, TypeVar
 
 from omemo_engine.xeddsa import ed25519_pub_to_curve25519_pub
 
@@ -779,6 +779,41 @@ class SessionManager(ABC):
             DecryptionFailed: forwarded from the backend (TooManySkippedMessageKeys too).
         """
         return await _decrypt(self._omemo_core, message)
+
+    async def decrypt_with_handover(
+        self,
+        message: Message,
+        handover: Callable[[Optional[bytes], DeviceInformation], Awaitable[None]],
+    ) -> Tuple[Optional[bytes], DeviceInformation, PlainKeyMaterial]:
+        """:meth:`decrypt`, with an exactly-once handover (an addition of this library).
+
+        ``handover`` is called with the plaintext and the sender inside the storage transaction that
+        commits the decryption. What it writes to the same storage (the plaintext for a gateway, a
+        delivery record...) is committed together with the ratchet; if it raises, or the process dies
+        before the commit, neither is, and the message decrypts again when it is delivered again. So a
+        message is either decrypted and handed over, or neither: never lost, never twice.
+
+        Needs a storage with ``transaction()`` (the ``omemo.storages`` ones); ``handover`` must only
+        write to that storage (it runs while the session manager holds its locks: no calls back into it).
+
+        Args:
+            message: the message.
+            handover: what to do with the plaintext, in the commit.
+
+        Returns:
+            As :meth:`decrypt`.
+
+        Raises:
+            Everything :meth:`decrypt` raises, and what ``handover`` raises (nothing is committed then).
+            TypeError: the storage has no ``transaction()`` (the handover could not be atomic).
+        """
+        if getattr(self._omemo_core.storage, "transaction", None) is None:
+            raise TypeError(
+                f"decrypt_with_handover needs a storage with transaction() (the omemo.storages ones);"
+                f" {type(self._omemo_core.storage).__name__} has none, so the handover could not be"
+                f" committed together with the ratchet"
+            )
+        return await _decrypt(self._omemo_core, message, within_commit=handover)
 
     # -- helpers ------------------------------------------------------------------------------------
 

@@ -259,3 +259,56 @@ async def test_a_used_pre_key_is_republished_away_after_a_crash_before_the_uploa
         assert used not in net.bundles[(NS2, BOB, bob_id)].pre_keys  # type: ignore[attr-defined]
         await bob.shutdown()
     await alice.shutdown()
+
+
+async def test_the_handover_commits_with_the_ratchet_or_not_at_all(tmp_path: Path) -> None:
+    net = InMemoryXMPP()
+    alice = await _create(net, ALICE, MemoryStorage())
+    await alice.after_history_sync()
+    async with SQLiteStorage(tmp_path / "gateway.db") as storage:
+        bob = await _create(net, BOB, storage)
+        await bob.after_history_sync()
+        for text in (b"first", b"second"):  # the first carries the key exchange, the second not
+            messages, _ = await alice.encrypt(frozenset({BOB}), {NS2: text}, backend_priority_order=[NS2])
+            (message,) = messages
+
+            async def failing(plaintext: Optional[bytes], device: Any, text: bytes = text) -> None:
+                await storage.store(f"/gateway/{text.decode()}", "half")
+                raise RuntimeError("the gateway's own write failed")
+
+            with pytest.raises(RuntimeError):
+                await bob.decrypt_with_handover(message, failing)
+            assert (await storage.load(f"/gateway/{text.decode()}")).is_nothing  # rolled back with it
+
+            async def handover(plaintext: Optional[bytes], device: Any, text: bytes = text) -> None:
+                assert device.bare_jid == ALICE
+                await storage.store(f"/gateway/{text.decode()}", (plaintext or b"").decode())
+
+            plaintext, _, _ = await bob.decrypt_with_handover(message, handover)  # the retry works
+            assert plaintext == text
+            assert (await storage.load(f"/gateway/{text.decode()}")).from_just() == text.decode()
+            for owed in net.take(ALICE, (await alice.get_own_device_information())[0].device_id):
+                await alice.decrypt(owed)
+        await bob.shutdown()
+    await alice.shutdown()
+
+
+async def test_the_handover_is_refused_without_transactions() -> None:
+    class PlainStorage(MemoryStorage):
+        transaction = None  # type: ignore[assignment]
+
+    net = InMemoryXMPP()
+    alice = await _create(net, ALICE, MemoryStorage())
+    bob = await _create(net, BOB, PlainStorage())
+    messages, _ = await alice.encrypt(frozenset({BOB}), {NS2: b"hi"}, backend_priority_order=[NS2])
+    (message,) = messages
+
+    async def handover(plaintext: Optional[bytes], device: Any) -> None:
+        raise AssertionError("not called")
+
+    with pytest.raises(TypeError, match="PlainStorage has none"):
+        await bob.decrypt_with_handover(message, handover)
+    plaintext, _, _ = await bob.decrypt(message)  # nothing consumed
+    assert plaintext == b"hi"
+    await bob.shutdown()
+    await alice.shutdown()

@@ -16,6 +16,7 @@ with 200) and ``OMEMO_CRASH_SEED`` the random seed.
 
 from __future__ import annotations
 
+import base64
 import os
 import random
 import sys
@@ -158,16 +159,6 @@ def test_postgresql_survives_kills(tmp_path: Path, durable_postgres: Any) -> Non
     assert figures["kills"] == KILLS
 
 
-def test_figures(capsys: pytest.CaptureFixture[str]) -> None:
-    with capsys.disabled():
-        for label, figures in FIGURES.items():
-            print(
-                f"\ncrash harness, {label}: "
-                + ", ".join(f"{k} {v}" for k, v in figures.items())
-                + ", failures 0"
-            )
-
-
 def _pre_key_of(stanza: Any, jid: str, device_id: int) -> int:
     """The pre key id the OMEMO 2 key exchange of ``stanza`` for that device uses."""
     import base64
@@ -231,3 +222,78 @@ def test_a_pre_key_is_never_handed_out_twice(
             alice.stop()
     finally:
         network.close()
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "postgres"])
+def test_the_handover_is_exactly_once(tmp_path: Path, storage: str, request: pytest.FixtureRequest) -> None:
+    # A gateway hands every decrypted text to its own table, in the decryption's transaction. Killed at
+    # random moments: afterwards the text is stored and the message refused as a duplicate, or neither
+    # and the message decrypts (and is stored) on redelivery. Never stored without the ratchet moving on,
+    # never decrypted twice.
+    network = Network(tmp_path)
+    rng = random.Random(f"{SEED}-handover-{storage}")
+    try:
+        if storage == "postgres":
+            dsn = request.getfixturevalue("durable_postgres").dsn
+            spec = f"postgres:{dsn}#handover-bob@example.org"
+        else:
+            spec = f"sqlite:{tmp_path / 'bob.db'}"
+        alice = _device(network, "alice", ALICE, ["twomemo"])
+        bob = _device(network, "bob", BOB, ["twomemo"], spec)
+        first_contact(network, alice, bob)
+        outcomes = {"both": 0, "neither": 0}
+        for round_ in range(max(5, KILLS // 2)):
+            text = f"handed over {round_}".encode()
+            stanza = network.send(alice, [bob.jid], text)
+            key = f"/gateway/inbox/{round_}"
+
+            def decrypt(stanza: Any = stanza, key: str = key) -> Any:
+                return bob.call(
+                    "decrypt",
+                    namespace=stanza.namespace,
+                    xml=stanza.xml,
+                    sender=stanza.sender_jid,
+                    handover=key,
+                )
+
+            _killed_during(bob, decrypt, rng.uniform(0.0, 0.003))
+            network.restart(bob, kill=True)
+            stored = bob.call("stored", key=key)
+            if stored is not None:
+                assert base64.b64decode(stored) == text
+                with pytest.raises(PeerCommandError) as refused:
+                    bob.call(
+                        "decrypt",
+                        namespace=stanza.namespace,
+                        xml=stanza.xml,
+                        sender=stanza.sender_jid,
+                        handover=key,
+                    )
+                assert refused.value.is_a("DuplicateMessage")
+                outcomes["both"] += 1
+            else:
+                result = bob.call(
+                    "decrypt",
+                    namespace=stanza.namespace,
+                    xml=stanza.xml,
+                    sender=stanza.sender_jid,
+                    handover=key,
+                )
+                assert base64.b64decode(result["plaintext"]) == text
+                assert base64.b64decode(bob.call("stored", key=key)) == text
+                outcomes["neither"] += 1
+            network.sync()
+            network.flush_automatic()
+        FIGURES[f"handover on {storage}"] = outcomes
+    finally:
+        network.close()
+
+
+def test_figures(capsys: pytest.CaptureFixture[str]) -> None:
+    with capsys.disabled():
+        for label, figures in FIGURES.items():
+            print(
+                f"\ncrash harness, {label}: "
+                + ", ".join(f"{k} {v}" for k, v in figures.items())
+                + ", failures 0"
+            )

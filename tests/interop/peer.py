@@ -584,7 +584,11 @@ class Peer:
             ),
         }
 
-    async def cmd_decrypt(self, namespace: str, xml: str, sender: str) -> Dict[str, Any]:
+    async def cmd_decrypt(
+        self, namespace: str, xml: str, sender: str, handover: Optional[str] = None
+    ) -> Dict[str, Any]:
+        """Decrypt; with ``handover`` (our stack: a storage key), the plaintext is stored under that key in
+        the transaction that commits the decryption (``decrypt_with_handover``)."""
         sm = self._sm()
         kind = _kind(namespace)
         element = ET.fromstring(xml)
@@ -593,8 +597,25 @@ class Peer:
             message = await kind.etree.parse_message(element, sender, WORLD.own_jid, sm)
         else:
             message = kind.etree.parse_message(element, sender)
-        plaintext, device, _ = await sm.decrypt(message)
+        if handover is None:
+            plaintext, device, _ = await sm.decrypt(message)
+        else:
+            storage = self.storage
+            if storage is None:
+                raise PeerError("no storage")
+
+            async def store(text: Optional[bytes], _device: Any) -> None:
+                await storage.store(handover, None if text is None else _b64(text))
+
+            plaintext, device, _ = await sm.decrypt_with_handover(message, store)  # type: ignore[attr-defined, unused-ignore]
         return {"plaintext": None if plaintext is None else _b64(plaintext), "sender": _device(device)}
+
+    async def cmd_stored(self, key: str) -> Any:
+        """The value stored under ``key`` (None if absent): what a handover stored."""
+        storage = self.storage
+        if storage is None:
+            raise PeerError("no storage")
+        return (await storage.load(key)).maybe(None)
 
     async def cmd_get_device_information(self, jid: str) -> List[Dict[str, Any]]:
         devices = await self._sm().get_device_information(jid)

@@ -208,6 +208,7 @@ async def decrypt(
     core: Core,
     message: Message,
     check: Optional[Callable[[Optional[bytes], DeviceInformation], Awaitable[None]]] = None,
+    within_commit: Optional[Callable[[Optional[bytes], DeviceInformation], Awaitable[None]]] = None,
 ) -> Tuple[Optional[bytes], DeviceInformation, PlainKeyMaterial]:
     """See :meth:`omemo.session_manager.SessionManager.decrypt`.
 
@@ -291,7 +292,13 @@ async def decrypt(
         prepared = (
             await core.prepare_empty_message(backend, session) if owed and not core.history_sync else None
         )
-        await core.commit_decryption(backend, session, used_pre_key=key_exchange is not None)
+        handover: Optional[Callable[[], Awaitable[None]]] = None
+        if within_commit is not None:
+
+            async def handover() -> None:
+                await within_commit(plaintext, device)
+
+        await core.commit_decryption(backend, session, key_exchange is not None, handover)
         # Answer the device in the namespace it writes in (integrations prefer it). Best effort, outside the
         # transaction: losing it in a crash only loses a preference.
         record = await core.devices.load(bare_jid, device_id)

@@ -29,7 +29,19 @@ import logging
 import time
 from collections import OrderedDict
 from contextlib import AbstractAsyncContextManager
-from typing import AsyncIterator, Callable, Dict, FrozenSet, List, Optional, Protocol, Set, Tuple, cast
+from typing import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Dict,
+    FrozenSet,
+    List,
+    Optional,
+    Protocol,
+    Set,
+    Tuple,
+    cast,
+)
 
 from .._runtime import AsyncioRuntime, KeyedLocks, Lock, Runtime
 from ..backend import Backend
@@ -244,22 +256,34 @@ class Core:
             if invalidate is not None:
                 invalidate()
 
-    async def commit_decryption(self, backend: Backend, session: Session, used_pre_key: bool) -> None:
+    async def commit_decryption(
+        self,
+        backend: Backend,
+        session: Session,
+        used_pre_key: bool,
+        within: Optional[Callable[[], Awaitable[None]]] = None,
+    ) -> None:
         """Persist a successfully decrypted session and consume the pre key it was built with.
 
         The session and the pre key change are written in one storage transaction where available. The
         used pre key is hidden during history synchronisation and deleted otherwise; if the bundle
         changed, pre keys are refilled and the bundle is republished. A failed upload is logged and
-        retried on the next operation (the message has been decrypted already).
+        retried on the next operation (the message has been decrypted already). ``within`` (the
+        application's handover) runs inside that transaction, before the session is written: what it
+        writes is committed with the session, or nothing is.
         """
         namespace = backend.namespace
         changed = False
         async with self.backend_locks.hold(namespace):
-            if not used_pre_key:  # a single record write is atomic on its own
+            if not used_pre_key and within is None:  # a single record write is atomic on its own
                 await backend.store_session(session)
                 return
             async with self.transaction():
+                if within is not None:
+                    await within()
                 await backend.store_session(session)
+                if not used_pre_key:
+                    return
                 if self.history_sync:
                     changed = await backend.hide_pre_key(session)
                 else:
