@@ -105,3 +105,21 @@ def test_xmpp_quick_run_measures_every_case(tmp_path: Path) -> None:
         assert len(document["ratios"]) == 2 and all(isinstance(r["met"], bool) for r in document["ratios"])
         for pair in ("ours_legacy / reference_legacy", "ours_room_legacy / reference_room_legacy"):
             assert f"Ratio {pair}" in completed.stdout
+
+
+SCALE_BENCH = BENCH.parent / "scale_bench.py"
+
+
+def test_scale_bench_quick_run_fills_every_row(tmp_path: Path) -> None:
+    out = tmp_path / "scale.json"
+    command = [sys.executable, str(SCALE_BENCH), "--quick", "--json", str(out), "--dir", str(tmp_path / "db")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = json.loads(out.read_text())["results"]
+    assert [row["storage"] for row in rows] == ["memory", "sqlite", "postgres"]
+    for row in rows:
+        assert row["sessions"] == 120 and row["messages"] == 200
+        for key in ("messages_per_s", "latency_ms_p99", "stall_ms_max", "ram_bytes_per_session"):
+            assert row[key] > 0, (row["storage"], key)
+        assert row["session_record_bytes"] > 100
+    assert all(row["restart_create_s_per_account"] > 0 for row in rows[1:])
