@@ -17,6 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -717,6 +718,105 @@ async def test_sqlite_shared_across_tasks(tmp_path: Path) -> None:
 
         await asyncio.gather(*(work(i) for i in range(5)))
         assert len(s.snapshot()) == 100
+
+
+def _refuse_key(path: Path, key: str) -> None:
+    """Make every write of ``key`` to the file at ``path`` fail (a trigger), as a full disk would."""
+    raw = sqlite3.connect(path)
+    try:
+        for event in ("INSERT", "DELETE"):
+            raw.execute(
+                f"CREATE TRIGGER refuse_{event.lower()} BEFORE {event} ON kv"
+                f" WHEN {'NEW' if event == 'INSERT' else 'OLD'}.key = '{key}'"
+                " BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+            )
+        raw.commit()
+    finally:
+        raw.close()
+
+
+async def test_sqlite_writes_leave_the_event_loop(tmp_path: Path) -> None:
+    # The commit (and its fsync) runs on a writer thread: other tasks run meanwhile.
+    async with SQLiteStorage(tmp_path / "loop.sqlite") as s:
+        order: List[str] = []
+
+        async def write() -> None:
+            await s.store("k", 1)
+            order.append("stored")
+
+        async def other() -> None:
+            order.append("other task")
+
+        await asyncio.gather(write(), other())
+        assert order == ["other task", "stored"]
+        threads: List[str] = []
+        original = s._apply
+
+        def apply(units: Any) -> Any:
+            threads.append(threading.current_thread().name)
+            return original(units)
+
+        s._apply = apply  # type: ignore[method-assign]
+        await s.store("k", 2)
+        assert threads and all(name.startswith("omemo-sqlite-writer") for name in threads)
+
+
+async def test_sqlite_group_commit_and_a_failing_write_fails_alone(tmp_path: Path) -> None:
+    path = tmp_path / "group.sqlite"
+    SQLiteStorage(path).close()
+    _refuse_key(path, "refused")
+    async with SQLiteStorage(path, disable_cache=True) as s:
+        batches: List[int] = []
+        original = s._apply
+
+        def apply(units: Any) -> Any:
+            batches.append(len(units))
+            return original(units)
+
+        s._apply = apply  # type: ignore[method-assign]
+        results = await asyncio.gather(
+            *(s.store(f"k{i}", i) for i in range(40)), s.store("refused", 1), return_exceptions=True
+        )
+        assert all(result is None for result in results[:40])
+        assert isinstance(results[40], StorageException) and "'refused'" in str(results[40])
+        assert sum(batches) >= 41 and len(batches) < 41  # queued writes were committed together
+        assert max(batches) > 1
+        content = s.snapshot()
+        assert content == {f"k{i}": i for i in range(40)}
+        # A transaction with a refused write keeps none of its writes.
+        with pytest.raises(StorageException, match="refused"):
+            async with s.transaction():
+                await s.store("in the transaction", 1)
+                assert (await s.load("in the transaction")).from_just() == 1  # seen meanwhile
+                await s.store("refused", 2)
+        assert (await s.load("in the transaction")).is_nothing
+        assert s.snapshot() == content
+
+
+def test_sqlite_writes_synchronously_without_an_asyncio_loop(tmp_path: Path) -> None:
+    # E.g. under Twisted: the coroutine completes without awaiting anything asyncio-specific.
+    s = SQLiteStorage(tmp_path / "sync.sqlite", disable_cache=True)
+    try:
+        coroutine = s.store("k", [1])
+        with pytest.raises(StopIteration):
+            coroutine.send(None)
+        assert s.snapshot() == {"k": [1]}
+    finally:
+        s.close()
+
+
+async def test_sqlite_close_with_writes_in_flight(tmp_path: Path) -> None:
+    s = SQLiteStorage(tmp_path / "closing.sqlite")
+    writes = [asyncio.ensure_future(s.store(f"k{i}", i)) for i in range(20)]
+    await asyncio.sleep(0)
+    s.close()
+    results = await asyncio.gather(*writes, return_exceptions=True)
+    # Each write either committed before the close or failed with a clear error; none hangs.
+    assert all(result is None or isinstance(result, StorageException) for result in results)
+    async with SQLiteStorage(tmp_path / "closing.sqlite") as again:
+        stored = again.snapshot()
+    committed = {f"k{i}" for i, result in enumerate(results) if result is None}
+    assert committed <= set(stored)
 
 
 # -- PostgreSQL --------------------------------------------------------------------------------------
