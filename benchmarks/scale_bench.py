@@ -28,16 +28,20 @@ Phases per storage and size, with what is printed:
    account.
 2. Sessions: every account sends one message to each of its contacts that does not have a session with it
    yet; the contact decrypts it (the key exchange) and its automatic empty answer is decrypted (the session
-   is confirmed both ways). RAM per session: what stays allocated of everything allocated in this phase
-   (``tracemalloc``), divided by the sessions; storage bytes per session: the bytes of the session records
-   (key and value) in the storage, and the whole database per account.
+   is confirmed both ways). Storage bytes per session: the bytes of the session records (key and value)
+   in the storage; and the whole database per account (SQLite: the files after a checkpoint; PostgreSQL:
+   ``pg_total_relation_size``; memory: the JSON of every record). ``setup_ram_bytes_per_session``: what
+   stays allocated of everything this phase allocated (``tracemalloc``; includes the new pre keys).
 3. Steady state: ``--messages`` messages, each from a random account to a random contact of it (encrypt,
    then decrypt by the contact), ``--concurrency`` at a time: messages per second (wall clock),
    latency of a message (encrypt + decrypt, median and p99), and the event loop's steps (p99 and max of
    the time one callback ran: while one runs, nothing else in the process does, no XMPP connection is
    served; each message starts as a step of its own, as if it had just arrived from the network).
 4. Start-up: every storage closed and opened again, every account's ``create()`` again (existing
-   accounts, as after a restart): seconds per account.
+   accounts, as after a restart): seconds per account. Then RAM per idle session: every session is used
+   once each way, and what stays allocated of everything allocated since the restart (``tracemalloc``:
+   the caches of the storage, the session manager and the backends, and SQLite's page cache), divided by
+   the sessions. For ``memory`` (no restart) the set-up figure, which includes the records themselves.
 
 ``--json FILE`` saves everything. The goals of the storage issue: steady-state messages per second of
 each persistent storage within 2x of ``memory`` at 1,000 accounts, RAM per idle session under 2 KiB.
@@ -111,6 +115,7 @@ class Result:
     restart_create_s_per_account: float = 0.0
     sessions_s: float = 0.0
     ram_bytes_per_session: float = 0.0
+    setup_ram_bytes_per_session: float = 0.0
     rss_bytes_per_session: float = 0.0
     session_record_bytes: float = 0.0
     storage_bytes_per_account: float = 0.0
@@ -133,6 +138,7 @@ class StorageKind:
     """Opens and measures the storages of one kind."""
 
     name = "memory"
+    disable_cache = False  # the Storage read cache of the persistent storages (--no-storage-cache)
 
     async def start(self) -> None:
         pass
@@ -169,7 +175,7 @@ class SQLiteKind(StorageKind):
         self.directory.mkdir(parents=True)
 
     async def open(self, account: str) -> Storage:
-        return SQLiteStorage(self.directory / f"{account}.db")
+        return SQLiteStorage(self.directory / f"{account}.db", disable_cache=self.disable_cache)
 
     async def close(self, storage: Storage) -> None:
         assert isinstance(storage, SQLiteStorage)
@@ -214,7 +220,7 @@ class PostgresKind(StorageKind):
     async def open(self, account: str) -> Storage:
         from omemo.storages import PostgreSQLStorage
 
-        return await PostgreSQLStorage.open(self.pool, account)
+        return await PostgreSQLStorage.open(self.pool, account, disable_cache=self.disable_cache)
 
     async def close(self, storage: Storage) -> None:
         await storage.close()  # type: ignore[attr-defined]
@@ -348,7 +354,7 @@ async def run_case(kind: StorageKind, accounts: int, args: argparse.Namespace) -
         traced, _ = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         gc.collect()
-        result.ram_bytes_per_session = traced / result.sessions
+        result.setup_ram_bytes_per_session = traced / result.sessions
         result.rss_bytes_per_session = (rss_bytes() - rss_before) / result.sessions
         session_bytes, total_bytes = await kind.measure(storages)
         result.session_record_bytes = session_bytes / result.sessions
@@ -395,6 +401,23 @@ async def run_case(kind: StorageKind, accounts: int, args: argparse.Namespace) -
                 storages[name] = await kind.open(name)
                 managers[name] = await create_account(net, name, storages[name])
             result.restart_create_s_per_account = (time.perf_counter() - start) / accounts
+            # RAM per session: what stays allocated after every session of the restarted process was
+            # used once each way (loaded into the caches) and went idle.
+            for manager in managers.values():
+                await manager.after_history_sync()
+            gc.collect()
+            tracemalloc.start()
+            for first, second in sorted(paired):
+                await one_message(managers[first], managers[second], second, b"once more")
+                await one_message(managers[second], managers[first], first, b"and back")
+            await drain(net, managers, devices)
+            net.calls.clear()  # the fake network's call log is no part of the sessions
+            gc.collect()
+            traced, _ = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            result.ram_bytes_per_session = traced / result.sessions
+        else:  # the storage is the RAM: the figure of the set-up phase (it includes the records)
+            result.ram_bytes_per_session = result.setup_ram_bytes_per_session
         for name in names:
             await managers[name].shutdown()
             await kind.close(storages[name])
@@ -429,11 +452,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--contacts", type=int, default=10)
     parser.add_argument("--storages", default=",".join(STORAGES))
     parser.add_argument("--messages", type=int, default=3000)
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--pool", type=int, default=10, help="PostgreSQL pool size")
     parser.add_argument("--dsn", default=None, help="an existing PostgreSQL (its omemo tables are dropped!)")
     parser.add_argument("--dir", default=None, help="where the SQLite files go (default under /var/tmp)")
     parser.add_argument("--seed", type=int, default=20261207)
+    parser.add_argument(
+        "--no-storage-cache", action="store_true", help="open SQLite and PostgreSQL with disable_cache=True"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 12 accounts, 200 messages")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
@@ -450,6 +476,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             kinds.append(PostgresKind(args.dsn, args.pool))
         else:
             parser.error(f"unknown storage {name!r}")
+        kinds[-1].disable_cache = args.no_storage_cache and name != "memory"
     results: List[Result] = []
     try:
         for accounts in (int(n) for n in args.accounts.split(",")):
