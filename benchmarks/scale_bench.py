@@ -123,6 +123,8 @@ class Result:
     messages_per_s: float = 0.0
     latency_ms_p50: float = 0.0
     latency_ms_p99: float = 0.0
+    cpu_ms_per_message: float = 0.0
+    loop_cpu_ms_per_message: float = 0.0
     stall_ms_p99: float = 0.0
     stall_ms_max: float = 0.0
     heartbeats: int = 0
@@ -377,12 +379,14 @@ async def run_case(kind: StorageKind, accounts: int, args: argparse.Namespace) -
 
         watch = LoopWatch()
         watch.start()
-        start = time.perf_counter()
+        start, cpu, loop_cpu = time.perf_counter(), time.process_time(), time.thread_time()
         try:
             await asyncio.gather(*(worker() for _ in range(args.concurrency)))
         finally:
             watch.stop()
         elapsed = time.perf_counter() - start
+        result.cpu_ms_per_message = (time.process_time() - cpu) / len(plan) * 1e3
+        result.loop_cpu_ms_per_message = (time.thread_time() - loop_cpu) / len(plan) * 1e3
         result.messages = len(plan)
         result.messages_per_s = len(plan) / elapsed
         result.latency_ms_p50 = statistics.median(latencies) * 1e3
@@ -429,7 +433,8 @@ async def run_case(kind: StorageKind, accounts: int, args: argparse.Namespace) -
 def print_table(results: List[Result]) -> None:
     header = (
         f"{'storage':<9} {'accounts':>8} {'sessions':>8} {'msg/s':>7} {'p50 ms':>7} {'p99 ms':>7}"
-        f" {'stall p99':>9} {'stall max':>9} {'RAM/sess':>8} {'rec B':>6} {'DB/acct':>8}"
+        f" {'cpu ms':>6} {'loop ms':>7} {'stall p99':>9} {'stall max':>9}"
+        f" {'RAM/sess':>8} {'rec B':>6} {'DB/acct':>8}"
         f" {'create s':>8} {'restart s':>9}"
     )
     print(header)
@@ -437,6 +442,7 @@ def print_table(results: List[Result]) -> None:
         print(
             f"{r.storage:<9} {r.accounts:>8} {r.sessions:>8} {r.messages_per_s:>7.0f}"
             f" {r.latency_ms_p50:>7.2f} {r.latency_ms_p99:>7.2f}"
+            f" {r.cpu_ms_per_message:>6.2f} {r.loop_cpu_ms_per_message:>7.2f}"
             f" {r.stall_ms_p99:>9.2f} {r.stall_ms_max:>9.2f}"
             f" {r.ram_bytes_per_session:>8.0f} {r.session_record_bytes:>6.0f}"
             f" {r.storage_bytes_per_account:>8.0f}"

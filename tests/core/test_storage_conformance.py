@@ -947,3 +947,50 @@ async def test_postgres_bad_records_and_a_newer_schema(postgres: Any) -> None:
         await pool.execute("DELETE FROM omemo_schema WHERE version = 99")
     finally:
         await pool.close()
+
+
+async def test_postgres_group_commit_and_a_failing_write_fails_alone(postgres: Any) -> None:
+    from omemo.storages._postgresql import _POOLS
+
+    pool = await _pool(postgres)
+    storages = [
+        await PostgreSQLStorage.open(pool, f"group{i}@example.org", disable_cache=True) for i in range(4)
+    ]  # (creates the table)
+    await pool.execute(
+        "CREATE OR REPLACE FUNCTION omemo_test_refuse() RETURNS trigger AS $$ BEGIN"
+        " IF NEW.key = 'refused' THEN RAISE EXCEPTION 'refused by the test'; END IF; RETURN NEW;"
+        " END $$ LANGUAGE plpgsql"
+    )
+    await pool.execute(
+        "CREATE TRIGGER omemo_test_refuse BEFORE INSERT OR UPDATE ON omemo_kv"
+        " FOR EACH ROW EXECUTE FUNCTION omemo_test_refuse()"
+    )
+    try:
+        group_commit = _POOLS[id(pool)][1].group_commit
+        batches: List[int] = []
+        commit = group_commit._GroupCommit__commit
+
+        async def counted(batch: Any) -> Any:
+            batches.append(len(batch))
+            return await commit(batch)
+
+        group_commit._GroupCommit__commit = counted
+        await asyncio.gather(*(storage.store(f"k{j}", j) for j in range(10) for storage in storages))
+        assert len(batches) < 40 and max(batches) > 1  # writes of several accounts committed together
+        writes = [storage.store(f"k{j}", j) for j in range(10) for storage in storages]
+        writes.append(storages[0].store("refused", 1))
+        writes += [storages[1].store("k0", "last"), storages[1].delete("k1")]  # the last write wins
+        results = await asyncio.gather(*writes, return_exceptions=True)
+        assert all(result is None for result in results[:40] + results[41:])
+        assert isinstance(results[40], StorageException)
+        assert "'group0@example.org'" in str(results[40]) and "'refused'" in str(results[40])
+        expected = {f"k{j}": j for j in range(10)}
+        assert await storages[0].snapshot() == expected
+        content = await storages[1].snapshot()
+        assert content["k0"] == "last" and "k1" not in content
+    finally:
+        for storage in storages:
+            await storage.close()  # (else the pool's close waits for the lock connection forever)
+        await pool.execute("DROP TRIGGER omemo_test_refuse ON omemo_kv")
+        await pool.execute("DROP FUNCTION omemo_test_refuse")
+        await pool.close()

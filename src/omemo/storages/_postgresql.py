@@ -26,7 +26,7 @@ import contextlib
 import hashlib
 import json
 from collections.abc import AsyncIterator
-from typing import Any, Dict, Optional, Set, Type, TypeVar
+from typing import Any, Dict, List, Optional, Set, Tuple, Type, TypeVar
 
 from ..storage import Just, Maybe, Nothing, Storage, StorageException
 from ..types import JSONType
@@ -52,14 +52,104 @@ class AccountInUse(StorageException):
     """The account is open in another process (or another storage object) already."""
 
 
-class _PoolState:
-    """What the storages of one pool share: the schema check, and the connection holding their locks."""
+_UPSERT = (
+    "INSERT INTO omemo_kv (account, key, value) VALUES ($1, $2, $3)"
+    " ON CONFLICT (account, key) DO UPDATE SET value = EXCLUDED.value"
+)
+_DELETE = "DELETE FROM omemo_kv WHERE account = $1 AND key = $2"
+_UPSERT_MANY = (
+    "INSERT INTO omemo_kv (account, key, value) SELECT * FROM unnest($1::text[], $2::text[], $3::text[])"
+    " ON CONFLICT (account, key) DO UPDATE SET value = EXCLUDED.value"
+)
+_DELETE_MANY = "DELETE FROM omemo_kv WHERE (account, key) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
 
-    def __init__(self) -> None:
+#: A queued write: account, key, the value as JSON text (None: delete), and its waiter.
+_Write = Tuple[str, str, Optional[str], "asyncio.Future[None]"]
+
+
+class _GroupCommit:
+    """Group commit for the writes of every account of one pool (outside transactions).
+
+    A write is queued and awaited. One flusher at a time takes everything queued and commits it in one
+    transaction with one statement per kind (the last value per key wins: they commit together anyway),
+    so the writes that queued up during a commit share the next round trip and the next WAL flush. A
+    single queued write is one autocommitted statement, as without grouping. If a batch fails, its writes
+    are committed one by one, so that only a failing write reports its error.
+    """
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.pending: List[_Write] = []
+        self.flusher: Optional[asyncio.Future[None]] = None
+
+    async def write(self, account: str, key: str, text: Optional[str]) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.pending.append((account, key, text, future))
+        if self.flusher is None:
+            self.flusher = asyncio.ensure_future(self.__flush())
+        await future
+
+    async def __flush(self) -> None:
+        batch: List[_Write] = []
+        try:
+            while self.pending:
+                batch, self.pending = self.pending, []
+                errors = await self.__commit(batch)
+                for (_, _, _, future), error in zip(batch, errors, strict=True):
+                    if not future.done():
+                        if error is None:
+                            future.set_result(None)
+                        else:
+                            future.set_exception(error)
+        finally:
+            self.flusher = None
+            for _, _, _, future in batch + self.pending:  # cancelled: the loop is going away
+                if not future.done():
+                    future.cancel()
+
+    async def __commit(self, batch: List[_Write]) -> List[Optional[BaseException]]:
+        if len(batch) == 1:
+            account, key, text, _ = batch[0]
+            try:
+                if text is None:
+                    await self.pool.execute(_DELETE, account, key)
+                else:
+                    await self.pool.execute(_UPSERT, account, key, text)
+            except Exception as exc:  # asyncpg and OS errors
+                return [exc]
+            return [None]
+        final: Dict[Tuple[str, str], Optional[str]] = {}
+        for account, key, text, _ in batch:
+            final.pop((account, key), None)  # keep the order of the last writes
+            final[(account, key)] = text
+        upserts = [(account, key, text) for (account, key), text in final.items() if text is not None]
+        deletes = [(account, key) for (account, key), text in final.items() if text is None]
+        try:
+            async with self.pool.acquire() as connection, connection.transaction():
+                if upserts:
+                    await connection.execute(
+                        _UPSERT_MANY,
+                        [w[0] for w in upserts],
+                        [w[1] for w in upserts],
+                        [w[2] for w in upserts],
+                    )
+                if deletes:
+                    await connection.execute(_DELETE_MANY, [w[0] for w in deletes], [w[1] for w in deletes])
+        except Exception:  # one by one: only the failing write fails
+            return [(await self.__commit([write]))[0] for write in batch]
+        return [None] * len(batch)
+
+
+class _PoolState:
+    """What the storages of one pool share: the schema check, the connection holding their locks, and
+    the group commit of their writes."""
+
+    def __init__(self, pool: Any) -> None:
         self.schema_ready = False
         self.lock = asyncio.Lock()
         self.lock_connection: Any = None
         self.accounts: Set[str] = set()
+        self.group_commit = _GroupCommit(pool)
 
 
 #: id(pool) -> (pool, its state), while an account of the pool is open (asyncpg pools take no weak
@@ -109,7 +199,7 @@ class PostgreSQLStorage(Storage):
         """
         entry = _POOLS.get(id(pool))
         if entry is None or entry[0] is not pool:
-            entry = _POOLS[id(pool)] = (pool, _PoolState())
+            entry = _POOLS[id(pool)] = (pool, _PoolState(pool))
         state: _PoolState = entry[1]
         async with state.lock:
             try:
@@ -158,14 +248,26 @@ class PostgreSQLStorage(Storage):
         except Exception as exc:  # asyncpg and OS errors
             raise StorageException(f"{self.__where(operation, key)} failed: {exc}") from exc
 
-    async def __write(self, operation: str, key: str, sql: str, *args: Any) -> None:
-        if self.__txn_token is not None and not self.__in_own_transaction():
-            async with self.__txn_lock:  # a foreign write waits for the transaction to end
-                await self.__run(operation, key, sql, *args)
-            return
+    async def __write(self, operation: str, key: str, text: Optional[str]) -> None:
         if self.__in_own_transaction():
             self.__txn_touched.add(key)
-        await self.__run(operation, key, sql, *args)
+            if text is None:
+                await self.__run(operation, key, _DELETE, self.__account, key)
+            else:
+                await self.__run(operation, key, _UPSERT, self.__account, key, text)
+            return
+        if self.__txn_token is not None:
+            async with self.__txn_lock:  # a foreign write waits for the transaction to end
+                await self.__grouped(operation, key, text)
+            return
+        await self.__grouped(operation, key, text)
+
+    async def __grouped(self, operation: str, key: str, text: Optional[str]) -> None:
+        self.__check_open()
+        try:
+            await self.__state.group_commit.write(self.__account, key, text)
+        except Exception as exc:  # asyncpg and OS errors
+            raise StorageException(f"{self.__where(operation, key)} failed: {exc}") from exc
 
     # -- Storage ------------------------------------------------------------------------------------
 
@@ -183,20 +285,10 @@ class PostgreSQLStorage(Storage):
 
     async def _store(self, key: str, value: JSONType) -> None:
         text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-        await self.__write(
-            "store",
-            key,
-            "INSERT INTO omemo_kv (account, key, value) VALUES ($1, $2, $3)"
-            " ON CONFLICT (account, key) DO UPDATE SET value = EXCLUDED.value",
-            self.__account,
-            key,
-            text,
-        )
+        await self.__write("store", key, text)
 
     async def _delete(self, key: str) -> None:
-        await self.__write(
-            "delete", key, "DELETE FROM omemo_kv WHERE account = $1 AND key = $2", self.__account, key
-        )
+        await self.__write("delete", key, None)
 
     # -- transactions ---------------------------------------------------------------------------------
 
