@@ -116,7 +116,7 @@ def test_scale_bench_quick_run_fills_every_row(tmp_path: Path) -> None:
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     rows = json.loads(out.read_text())["results"]
-    assert [row["storage"] for row in rows] == ["memory", "sqlite", "postgres"]
+    assert [row["storage"] for row in rows] == ["memory", "sqlite", "sqlite-shared", "postgres"]
     for row in rows:
         assert row["sessions"] == 120 and row["messages"] == 200
         for key in ("messages_per_s", "latency_ms_p99", "stall_ms_max", "ram_bytes_per_session"):

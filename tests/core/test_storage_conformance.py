@@ -53,6 +53,7 @@ KINDS = [
     "memory-json-cached",
     "sqlite",
     "sqlite-nocache",
+    "sqlite-shared",
     "postgres",
     "postgres-nocache",
 ]
@@ -103,11 +104,17 @@ async def env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[E
         mem = MemoryStorage(serialize="json" in kind, disable_cache=not cached)
         yield Env(kind, mem, lambda: mem, persistent=False, cached=cached)
         return
-    cached = kind == "sqlite"
+    cached = kind in ("sqlite", "sqlite-shared")
     path = tmp_path / "omemo.sqlite"
+    sqlite_account: Optional[str] = "me@example.org" if kind == "sqlite-shared" else None
+    if sqlite_account is not None:  # another account in the same file, with keys that would collide
+        neighbour = SQLiteStorage(path, account="neighbour@example.org")
+        opened.append(neighbour)
+        for key in ("k", "a", "k0", "x", "/own_device_id"):
+            await neighbour.store(key, "the neighbour's")
 
     def open_sqlite() -> SQLiteStorage:
-        s = SQLiteStorage(path, disable_cache=not cached)
+        s = SQLiteStorage(path, account=sqlite_account, disable_cache=not cached)
         opened.append(s)
         return s
 
@@ -121,6 +128,10 @@ async def env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[E
 
     env.reopen = reopen
     yield env
+    if sqlite_account is not None:  # untouched by everything the test did
+        assert opened[0].snapshot() == {
+            key: "the neighbour's" for key in ("k", "a", "k0", "x", "/own_device_id")
+        }
     for s in opened:
         s.close()
 
@@ -750,13 +761,14 @@ async def test_sqlite_writes_leave_the_event_loop(tmp_path: Path) -> None:
         await asyncio.gather(write(), other())
         assert order == ["other task", "stored"]
         threads: List[str] = []
-        original = s._apply
+        file = s._SQLiteStorage__file  # type: ignore[attr-defined]
+        original = file.apply
 
         def apply(units: Any) -> Any:
             threads.append(threading.current_thread().name)
             return original(units)
 
-        s._apply = apply  # type: ignore[method-assign]
+        file.apply = apply
         await s.store("k", 2)
         assert threads and all(name.startswith("omemo-sqlite-writer") for name in threads)
 
@@ -767,13 +779,14 @@ async def test_sqlite_group_commit_and_a_failing_write_fails_alone(tmp_path: Pat
     _refuse_key(path, "refused")
     async with SQLiteStorage(path, disable_cache=True) as s:
         batches: List[int] = []
-        original = s._apply
+        file = s._SQLiteStorage__file  # type: ignore[attr-defined]
+        original = file.apply
 
         def apply(units: Any) -> Any:
             batches.append(len(units))
             return original(units)
 
-        s._apply = apply  # type: ignore[method-assign]
+        file.apply = apply
         results = await asyncio.gather(
             *(s.store(f"k{i}", i) for i in range(40)), s.store("refused", 1), return_exceptions=True
         )
@@ -817,6 +830,84 @@ async def test_sqlite_close_with_writes_in_flight(tmp_path: Path) -> None:
         stored = again.snapshot()
     committed = {f"k{i}" for i, result in enumerate(results) if result is None}
     assert committed <= set(stored)
+
+
+async def test_sqlite_shared_file_one_open_per_account(tmp_path: Path) -> None:
+    from omemo.storages import AccountInUse
+
+    path = tmp_path / "gateway.sqlite"
+    first = SQLiteStorage(path, account="busy@example.org")
+    other = SQLiteStorage(path, account="other@example.org")  # other accounts are fine
+    with pytest.raises(AccountInUse, match=r"busy@example\.org"):
+        SQLiteStorage(path, account="busy@example.org")
+    with pytest.raises(ValueError):
+        SQLiteStorage(path, account="")
+    script = textwrap.dedent(
+        f"""
+        from omemo.storages import AccountInUse, SQLiteStorage
+        try:
+            SQLiteStorage({str(path)!r}, account="busy@example.org")
+        except AccountInUse:
+            print("in use")
+        else:
+            print("opened")
+        SQLiteStorage({str(path)!r}, account="third@example.org").close()
+        """
+    )
+
+    def run() -> str:
+        command = [sys.executable, "-c", script]
+        return subprocess.run(command, capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+
+    assert run() == "in use"  # another process
+    await first.store("k", 1)
+    first.close()
+    assert run() == "opened"  # released by close
+    again = SQLiteStorage(path, account="busy@example.org")
+    assert (await again.load("k")).from_just() == 1
+    assert "account='busy@example.org'" in repr(again)
+    again.close()
+    other.close()
+    # A process that dies releases its accounts.
+    killed = textwrap.dedent(
+        f"""
+        import os
+        from omemo.storages import SQLiteStorage
+        SQLiteStorage({str(path)!r}, account="busy@example.org")
+        os._exit(0)
+        """
+    )
+    subprocess.run([sys.executable, "-c", killed], check=True, timeout=60)
+    SQLiteStorage(path, account="busy@example.org").close()
+
+
+async def test_sqlite_shared_file_commits_the_accounts_together(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.sqlite"
+    storages = [SQLiteStorage(path, account=f"user{i}@example.org", disable_cache=True) for i in range(8)]
+    file = storages[0]._SQLiteStorage__file  # type: ignore[attr-defined]
+    assert all(s._SQLiteStorage__file is file for s in storages)  # type: ignore[attr-defined]
+    batches: List[int] = []
+    original = file.apply
+
+    def apply(units: Any) -> Any:
+        batches.append(len(units))
+        return original(units)
+
+    file.apply = apply
+    await asyncio.gather(*(s.store(f"k{j}", [i, j]) for j in range(10) for i, s in enumerate(storages)))
+    assert sum(batches) == 80 and len(batches) < 80 and max(batches) > 1
+    for i, s in enumerate(storages):
+        assert s.snapshot() == {f"k{j}": [i, j] for j in range(10)}
+    for s in storages[:-1]:
+        s.close()
+    assert not file.closed  # the last account keeps the file open
+    storages[-1].close()
+    assert file.closed
+    raw = sqlite3.connect(path)
+    try:
+        assert raw.execute("SELECT count(*) FROM kv").fetchone()[0] == 80
+    finally:
+        raw.close()
 
 
 # -- PostgreSQL --------------------------------------------------------------------------------------

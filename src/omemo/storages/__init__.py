@@ -1,8 +1,9 @@
 """Ready-made :class:`~omemo.storage.Storage` implementations.
 
 - :class:`MemoryStorage`: a dict, optionally JSON-serialising every value (for tests and demos).
-- :class:`SQLiteStorage`: one SQLite file (WAL journal); every write is committed (and, by default,
-  synced to disk) before the coroutine returns.
+- :class:`SQLiteStorage`: one SQLite file (WAL journal) per account, or, with ``account=``, one file
+  shared by many accounts of the process; every write is committed (and, by default, synced to disk)
+  before the coroutine returns, on a writer thread; an account open twice raises :class:`AccountInUse`.
 - :class:`PostgreSQLStorage`: one account of many in a PostgreSQL database, sharing an asyncpg pool
   (extra ``omemo-stack[postgres]``); every write is committed before it returns, transactions are
   database transactions, and an account open in another process raises :class:`AccountInUse`.
@@ -24,8 +25,9 @@ coroutine.
 
 from __future__ import annotations
 
+from ._errors import AccountInUse
 from ._memory import MemoryStorage
-from ._postgresql import AccountInUse, PostgreSQLStorage
+from ._postgresql import PostgreSQLStorage
 from ._sqlite import SQLiteStorage
 
 __all__ = ["AccountInUse", "MemoryStorage", "PostgreSQLStorage", "SQLiteStorage"]

@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple, Type, TypeVar
 
 from ..storage import Just, Maybe, Nothing, Storage, StorageException
 from ..types import JSONType
+from ._errors import AccountInUse
 from ._transaction import _OWNER
 
 __all__ = ["AccountInUse", "PostgreSQLStorage"]
@@ -46,10 +47,6 @@ _SCHEMA = (
 _SCHEMA_LOCK = 0x6F6D656D6F  # "omemo"
 
 _SelfT = TypeVar("_SelfT", bound="PostgreSQLStorage")
-
-
-class AccountInUse(StorageException):
-    """The account is open in another process (or another storage object) already."""
 
 
 _UPSERT = (
