@@ -64,6 +64,7 @@ from ._core.errors import (
     UnknownTrustLevel,
     XMPPInteractionFailed,
 )
+from ._core.idle import forget_idle_loop
 from ._core.rotation import rotation_loop
 from ._core.state import Core
 from .backend import Backend
@@ -122,11 +123,18 @@ class SessionManager(ABC):
     DEVICE_ID_MAX = 2**31 - 1
     STALENESS_MAGIC_NUMBER = 53
     LOG_TAG = "omemo.core"
+    #: Seconds after which a silent contact's device records and sessions are dropped from memory (an
+    #: addition of this library): a background task checks every half of it, and the contact's next
+    #: message loads them from the storage again. Memory then follows the contacts in use, not every
+    #: contact ever had (gateways with thousands of sessions). 0 or less: keep everything. Read when
+    #: :meth:`create` runs.
+    CACHE_IDLE_SECONDS = 600.0
 
     # Set by create(). The name-mangled list is read by python-omemo 2.1's debug CLI helper.
     _omemo_core: Core
     __backends: List[Backend]
     __rotation: Optional[_runtime.BackgroundTask]
+    __forgetting: Optional[_runtime.BackgroundTask]
 
     # -- life cycle ---------------------------------------------------------------------------------
 
@@ -149,7 +157,8 @@ class SessionManager(ABC):
         the own device lists, one backend after the other, the device list always last, and each
         backend's state is persisted before the next starts: a failure leaves consistent data, and
         calling ``create`` again carries on. Backends loaded last time but missing now are purged
-        (see :meth:`purge_backend`). Finally the background signed pre key rotation starts.
+        (see :meth:`purge_backend`). Finally the background tasks start: the signed pre key rotation
+        and forgetting idle contacts (:attr:`CACHE_IDLE_SECONDS`).
 
         Args:
             backends: the backends to load; their order is the default encryption priority.
@@ -192,6 +201,7 @@ class SessionManager(ABC):
         identity = await IdentityKeyPair.get(storage)
         self.__backends = list(backends)
         self.__rotation = None
+        self.__forgetting = None
         core = self._omemo_core = Core(
             self,
             storage,
@@ -211,16 +221,22 @@ class SessionManager(ABC):
         await _maintenance.set_up_backends(core)
 
         self.__rotation = core.runtime.start(rotation_loop(core))
+        if self.CACHE_IDLE_SECONDS > 0:
+            self.__forgetting = core.runtime.start(forget_idle_loop(core))
         return self
 
     async def shutdown(self) -> None:
-        """Stop the background signed pre key rotation and wait for it to end (idempotent).
+        """Stop the background tasks (signed pre key rotation, forgetting idle contacts) and wait for
+        them to end (idempotent).
 
         Call this before dropping the instance, e.g. when the account goes offline for good.
         """
         rotation, self.__rotation = self.__rotation, None
         if rotation is not None:
             await rotation.stop()
+        forgetting, self.__forgetting = self.__forgetting, None
+        if forgetting is not None:
+            await forgetting.stop()
 
     # -- data management ----------------------------------------------------------------------------
 

@@ -393,6 +393,18 @@ class Storage(ABC):
             for key in keys:
                 cache.pop(key, None)
 
+    def _forget_cached(self, forget: Callable[[str], bool]) -> None:
+        """Drop the cached values of the keys for which ``forget`` is true, to save memory (the session
+        manager does it for its idle contacts). Not a write: the storage holds the same values.
+
+        Args:
+            forget: tells, per cached key, whether to drop it.
+        """
+        cache = self.__cache
+        if cache:
+            for key in [key for key in cache if forget(key)]:
+                del cache[key]
+
     async def __load_raw(self, key: str) -> Any:
         """The internal (uncloned, never to be mutated) value under ``key``, or ``_ABSENT``."""
         cache = self.__cache

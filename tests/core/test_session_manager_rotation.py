@@ -15,6 +15,7 @@ from typing import Any, List, Optional, TypeVar
 import pytest
 
 from omemo import _runtime as runtime
+from omemo.session_manager import SessionManager
 from omemo.testing import InMemoryXMPP
 from omemo.types import AsyncFramework
 
@@ -61,6 +62,8 @@ def controller(monkeypatch: pytest.MonkeyPatch) -> SleepController:
         await ctl.sleep(seconds)
 
     monkeypatch.setattr(runtime.AsyncioRuntime, "sleep", fake_sleep)
+    # Only the rotation loop sleeps here (the task forgetting idle contacts is tested in test_idle.py).
+    monkeypatch.setattr(SessionManager, "CACHE_IDLE_SECONDS", 0.0)
     return ctl
 
 
@@ -185,6 +188,7 @@ def test_twisted_framework(monkeypatch: pytest.MonkeyPatch) -> None:
 
     reactor = task.Clock()
     monkeypatch.setattr(runtime, "twisted_reactor", lambda: reactor)
+    monkeypatch.setattr(SessionManager, "CACHE_IDLE_SECONDS", 0.0)
     clock = FakeClock()
     net = InMemoryXMPP()
     kwargs: Any = {

@@ -33,7 +33,7 @@ import base64
 import binascii
 import logging
 from collections.abc import Mapping
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Set, Tuple
 
 from ..storage import Storage
 from ..types import DeviceList, SignedLabel
@@ -164,6 +164,8 @@ class DeviceStore:
         self._ids: Dict[str, List[int]] = {}
         self._records: Dict[Tuple[str, int], DeviceRecord] = {}
         self._trust: Dict[Tuple[str, bytes], Optional[str]] = {}
+        #: The bare JIDs whose records were used since the last :meth:`forget_idle` (idle.py).
+        self.used: Set[str] = set()
 
     @property
     def writes(self) -> int:
@@ -176,6 +178,34 @@ class DeviceStore:
         self._ids.clear()
         self._records.clear()
         self._trust.clear()
+
+    def cached_jids(self) -> Set[str]:
+        """Returns: the bare JIDs with something in this cache."""
+        return {*self._ids, *(key[0] for key in self._records), *(key[0] for key in self._trust)}
+
+    def forget_idle(self, keep: Set[str]) -> None:
+        """Drop the cached records of every bare JID neither used since the last call nor in ``keep``.
+
+        Not a write: the storage holds the same, and loads in flight may fill the cache again.
+        """
+        keep = keep | self.used
+        self.used = set()
+        self._ids = {jid: ids for jid, ids in self._ids.items() if jid in keep}
+        self._records = {key: record for key, record in self._records.items() if key[0] in keep}
+        self._trust = {key: name for key, name in self._trust.items() if key[0] in keep}
+
+    async def _store_field(self, bare_jid: str, device_id: int, name: str, value: Any, **fields: Any) -> None:
+        """Store one field of a device record (``name`` under the device's prefix) and update the cached
+        record with ``fields`` (dropped instead if the write failed): no reload of the whole record."""
+        try:
+            await self._storage.store(f"{self._prefix(bare_jid, device_id)}/{name}", value)
+        except BaseException:
+            self._written(bare_jid, device_id)
+            raise
+        self._writes += 1
+        cached = self._records.get((bare_jid, device_id))
+        if cached is not None:
+            self._records[(bare_jid, device_id)] = cached._replace(**fields)
 
     def _written(self, bare_jid: str, device_id: Optional[int] = None) -> None:
         self._writes += 1
@@ -194,6 +224,7 @@ class DeviceStore:
 
     async def device_ids(self, bare_jid: str) -> List[int]:
         """Returns: every device id ever stored for ``bare_jid``, in order of discovery."""
+        self.used.add(bare_jid)
         cached = self._ids.get(bare_jid)
         if cached is not None:
             return list(cached)
@@ -220,6 +251,7 @@ class DeviceStore:
         Returns:
             The record (empty namespaces for an unknown device).
         """
+        self.used.add(bare_jid)
         cached = self._records.get((bare_jid, device_id))
         if cached is not None:
             return cached
@@ -255,10 +287,7 @@ class DeviceStore:
 
     async def store_label(self, bare_jid: str, device_id: int, label: Optional[str]) -> None:
         """Store the (verified or unsigned-by-design) label of a device."""
-        try:
-            await self._storage.store(f"{self._prefix(bare_jid, device_id)}/label", label)
-        finally:
-            self._written(bare_jid, device_id)
+        await self._store_field(bare_jid, device_id, "label", label, label=label)
 
     async def store_identity_key(self, bare_jid: str, device_id: int, identity_key: bytes) -> None:
         """Store the identity key of a device."""
@@ -269,17 +298,11 @@ class DeviceStore:
 
     async def store_last_namespace(self, bare_jid: str, device_id: int, namespace: str) -> None:
         """Store the namespace of the last message with content decrypted from a device."""
-        try:
-            await self._storage.store(f"{self._prefix(bare_jid, device_id)}/last_namespace", namespace)
-        finally:
-            self._written(bare_jid, device_id)
+        await self._store_field(bare_jid, device_id, "last_namespace", namespace, last_namespace=namespace)
 
     async def store_answered(self, bare_jid: str, device_id: int, answered: Dict[str, int]) -> None:
         """Store the ``answered`` baselines of a device (see :class:`DeviceRecord`)."""
-        try:
-            await self._storage.store(f"{self._prefix(bare_jid, device_id)}/answered", dict(answered))
-        finally:
-            self._written(bare_jid, device_id)
+        await self._store_field(bare_jid, device_id, "answered", dict(answered), answered=dict(answered))
 
     async def _time(self, key: str) -> Optional[float]:
         """A stored device time; one of another type (not written by us) counts as unknown."""
@@ -293,10 +316,7 @@ class DeviceStore:
         """Store ``last_heard`` or ``first_seen`` of a device (Unix time)."""
         if which not in ("last_heard", "first_seen"):
             raise ValueError(f"not a device time: {which!r}")
-        try:
-            await self._storage.store(f"{self._prefix(bare_jid, device_id)}/{which}", float(when))
-        finally:
-            self._written(bare_jid, device_id)
+        await self._store_field(bare_jid, device_id, which, float(when), **{which: float(when)})
 
     async def pending_label(self, bare_jid: str, device_id: int) -> Optional[PendingLabel]:
         """Returns: the signed label awaiting verification, if any (malformed records are ignored)."""
@@ -347,6 +367,7 @@ class DeviceStore:
 
     async def trust(self, bare_jid: str, identity_key: bytes, default: str) -> str:
         """Returns: the custom trust level name of an identity key, ``default`` when none is stored."""
+        self.used.add(bare_jid)
         key = (bare_jid, identity_key)
         if key in self._trust:
             cached = self._trust[key]

@@ -104,6 +104,7 @@ class Hooks(Protocol):
     STALENESS_MAGIC_NUMBER: int
     STALE_DEVICE_MESSAGES: int
     STALE_DEVICE_SILENCE: float
+    CACHE_IDLE_SECONDS: float
     DEVICE_ID_MIN: int
     DEVICE_ID_MAX: int
 
@@ -247,6 +248,26 @@ class Core:
         except BaseException:
             self.invalidate_caches()
             raise
+
+    def forget_idle(self) -> None:
+        """Drop what is held in memory for the contacts not used since the previous call (idle.py).
+
+        Only copies of the storage are dropped: device records, trust levels, device information,
+        decoded sessions, and the storage's own read cache of their keys. The decryption memory
+        (``decrypted_messages`` and the chain lengths, bounded by ``REMEMBERED_MESSAGES``) stays, so
+        that a duplicate delivered after a pause (a MAM catch-up) is still told from an out-of-step
+        session. The own account is kept.
+        """
+        keep = self.devices.used | {self.own_bare_jid}
+        idle = self.devices.cached_jids() - keep
+        self.devices.forget_idle(keep)
+        self._known_information = {j: m for j, m in self._known_information.items() if j in keep}
+        for backend in self.backends:
+            forget = getattr(backend, "forget_idle", None)
+            if forget is not None:
+                forget(keep.__contains__)
+        if idle:  # the storage's read cache: the keys with an idle contact's JID as a path segment
+            self.storage._forget_cached(lambda key: not idle.isdisjoint(key.split("/")))
 
     def invalidate_caches(self) -> None:
         """Drop the device-record cache and the backends' caches (their ``invalidate_caches``, if any)."""
@@ -537,6 +558,7 @@ class Core:
         writes = self.devices.writes
         memo = self._known_information.get(bare_jid)
         if memo is not None and memo[0] == writes:
+            self.devices.used.add(bare_jid)
             return memo[1]
         async with self.jid_locks.hold(bare_jid):
             ids = await self.devices.device_ids(bare_jid)

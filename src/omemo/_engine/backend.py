@@ -615,6 +615,12 @@ class EngineBackend(Backend):
         if len(self._sessions) > SESSION_CACHE_SIZE:
             self._sessions.popitem(last=False)
 
+    def forget_idle(self, keep: Callable[[str], bool]) -> None:
+        """Drop the cached sessions of the bare JIDs for which ``keep`` is false (the session manager
+        calls this for its idle contacts; the storage holds the same)."""
+        for key in [key for key in self._sessions if not keep(key[0])]:
+            del self._sessions[key]
+
     def invalidate_caches(self) -> None:
         """Forget every in-memory copy of stored state (sessions, key state, session index).
 
