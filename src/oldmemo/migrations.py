@@ -56,6 +56,7 @@ from typing import Any, Dict, List, Optional, TypedDict
 
 from omemo._engine import legacy_convert as convert
 from omemo._engine.records import UNKNOWN_SPK_ID
+from omemo.backend import SessionDamaged
 from omemo.session import Initiation
 from omemo.session_manager import BundleDownloadFailed, BundleNotFound
 from omemo.storage import Storage
@@ -465,7 +466,7 @@ class _Migration:
             return
         try:
             existing = await self.backend.load_session(bare_jid, device_id)
-        except InvalidState:
+        except (InvalidState, SessionDamaged):
             existing = None
         # A session stored by an interrupted earlier run (and maybe used since) is kept; storing it
         # again completes the backend's session index in case the run stopped in between.

@@ -30,6 +30,7 @@ __all__ = [
     "KeyExchangeFailed",
     "MessageAuthenticationFailed",
     "MessageKeyReused",
+    "SessionDamaged",
     "SessionOutOfStep",
     "TooManySkippedMessageKeys",
     "UnknownPreKey",
@@ -67,6 +68,13 @@ class SessionOutOfStep(MessageAuthenticationFailed):
     """Messages from one device keep failing authentication: our session with it and the device's are
     not the same any more, typically because one side restored an older backup over newer state.
     ``SessionManager.replace_sessions`` builds new sessions."""
+
+
+class SessionDamaged(DecryptionFailed):
+    """The stored session with a device cannot be read: its record was changed or cut outside this
+    library (by hand, a disk or copy error). The message names the record's storage key. Only this
+    session is affected: ``encrypt`` skips the device (an ``EncryptionError``), ``decrypt`` of its
+    messages raises this, and ``SessionManager.replace_sessions`` replaces it with a new session."""
 
 
 class KeyExchangeFailed(BackendException):

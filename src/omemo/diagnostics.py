@@ -45,6 +45,7 @@ from .backend import (
     KeyExchangeFailed,
     MessageAuthenticationFailed,
     MessageKeyReused,
+    SessionDamaged,
     SessionOutOfStep,
     TooManySkippedMessageKeys,
     UnknownPreKey,
@@ -67,6 +68,7 @@ class Reason(enum.Enum):
     DUPLICATE = "duplicate"
     RESTORED_BACKUP = "restored-backup"
     AUTHENTICATION_FAILED = "authentication-failed"
+    SESSION_DAMAGED = "session-damaged"
     DECRYPTION_FAILED = "decryption-failed"
     SENDER_DISTRUSTED = "sender-distrusted"
     SENDER_UNKNOWN = "sender-unknown"
@@ -149,6 +151,13 @@ REASONS: Dict[Reason, Tuple[str, str]] = {
         " not the one the sender used (one side restored an older backup over newer state).",
         "If it repeats for one device, call replace_sessions for it (after a backup restore, for every"
         " device); a single failure can also be tampering and needs nothing but a warning.",
+    ),
+    Reason.SESSION_DAMAGED: (
+        "The stored session with the device cannot be read: its record was changed or cut outside the"
+        " library (by hand, a disk or copy error). The detail names its storage key; the other sessions"
+        " are not affected.",
+        "Call replace_sessions for the device: a new session replaces the damaged one and is announced."
+        " Messages encrypted with the damaged session cannot be recovered; check the storage's disk.",
     ),
     Reason.DECRYPTION_FAILED: (
         "Decryption failed for a backend-specific reason (malformed key material or payload).",
@@ -247,6 +256,7 @@ _MAPPING: Tuple[Tuple[Type[BaseException], Reason], ...] = (
     (SessionOutOfStep, Reason.RESTORED_BACKUP),
     (DuplicateMessage, Reason.DUPLICATE),
     (MessageAuthenticationFailed, Reason.AUTHENTICATION_FAILED),
+    (SessionDamaged, Reason.SESSION_DAMAGED),
     (DecryptionFailed, Reason.DECRYPTION_FAILED),
     (SenderDistrusted, Reason.SENDER_DISTRUSTED),
     (SenderNotFound, Reason.SENDER_UNKNOWN),

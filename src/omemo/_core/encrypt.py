@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from typing import Dict, FrozenSet, List, Optional, Set, Tuple
 
-from ..backend import Backend, KeyExchangeFailed
+from ..backend import Backend, KeyExchangeFailed, SessionDamaged
 from ..bundle import Bundle
 from ..hygiene import StaleDevice
 from ..message import Content, EncryptedKeyMaterial, KeyExchange, Message, PlainKeyMaterial
@@ -159,13 +159,19 @@ async def _encrypt_for_backend(
     plain_key_material = batch.plain_key_material
     assert plain_key_material is not None
     sessions: Dict[Tuple[str, int], Optional[Session]] = {}
+    failed: List[DeviceInformation] = []
     for device, _ in targets:
-        sessions[(device.bare_jid, device.device_id)] = await backend.load_session(
-            device.bare_jid, device.device_id
-        )
+        try:
+            sessions[(device.bare_jid, device.device_id)] = await backend.load_session(
+                device.bare_jid, device.device_id
+            )
+        except SessionDamaged as exc:  # this device only; another namespace may have a usable session
+            _log.warning("skipping %s: %s", describe(namespace, device.bare_jid, device.device_id), exc)
+            errors.append(EncryptionError(namespace, device.bare_jid, device.device_id, exc))
+            failed.append(device)
+    targets = [target for target in targets if (target[0].bare_jid, target[0].device_id) in sessions]
     needed = [target for target in targets if sessions[(target[0].bare_jid, target[0].device_id)] is None]
     bundles = await _fetch_bundles(core, needed, cached) if needed else {}
-    failed: List[DeviceInformation] = []
     for device, _ in targets:
         jid, device_id = device.bare_jid, device.device_id
         session = sessions[(jid, device_id)]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import FrozenSet, List, Optional, Sequence, Tuple
 
-from ..backend import Backend, KeyExchangeFailed
+from ..backend import Backend, KeyExchangeFailed, SessionDamaged
 from ..hygiene import DeviceActivity, DeviceHealth, HealthReport, NamespaceHealth
 from ..session import Session
 from .devices import DeviceRecord, normalize_device_list
@@ -69,7 +69,10 @@ async def activity(
         record = await core.devices.load(bare_jid, device_id)
     counts: List[Tuple[str, int]] = []
     for backend in core.backends:
-        session = await backend.load_session(bare_jid, device_id)
+        try:
+            session = await backend.load_session(bare_jid, device_id)
+        except SessionDamaged:
+            continue  # unusable: no activity to count in it
         if session is not None:
             count = unanswered(record, backend.namespace, session.sending_chain_length)
             counts.append((backend.namespace, count))

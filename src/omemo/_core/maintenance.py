@@ -12,6 +12,7 @@ import logging
 import secrets
 from typing import Dict, List, Optional, Tuple
 
+from ..backend import SessionDamaged
 from ..bundle import Bundle
 from ..message import Message
 from ..types import DeviceInformation, OMEMOException
@@ -175,8 +176,11 @@ async def replace_sessions(core: Core, device: DeviceInformation) -> Dict[str, O
         namespace = backend.namespace
         async with core.session_locks.hold((namespace, jid, device_id)):
             try:
-                if await backend.load_session(jid, device_id) is None:
-                    continue
+                try:
+                    if await backend.load_session(jid, device_id) is None:
+                        continue
+                except SessionDamaged:
+                    pass  # replaced like any other session
                 bundle = await core.download_bundle(namespace, jid, device_id)
                 await core.check_identity_key(bundle, device)
                 content, plain_key_material = await backend.encrypt_empty()
@@ -225,7 +229,11 @@ async def after_history_sync(core: Core) -> None:
             core.queue_lock.release()
         for jid, device_id in entries:
             async with core.session_locks.hold((namespace, jid, device_id)):
-                session = await backend.load_session(jid, device_id)
+                try:
+                    session = await backend.load_session(jid, device_id)
+                except SessionDamaged as exc:  # no empty message possible: dropped from the queue
+                    _log.warning("not answering %s: %s", describe(namespace, jid, device_id), exc)
+                    session = None
                 try:
                     if session is not None:
                         await core.send_empty_message(backend, session)

@@ -60,6 +60,7 @@ from ..backend import (
     DuplicateMessage,
     KeyExchangeFailed,
     MessageAuthenticationFailed,
+    SessionDamaged,
     TooManySkippedMessageKeys,
     UnknownPreKey,
 )
@@ -595,17 +596,33 @@ class EngineBackend(Backend):
             self._sessions.move_to_end((bare_jid, device_id))
             initiation, confirmed, kex, state = cached
             return self.SESSION(bare_jid, device_id, initiation, kex, state, confirmed)
-        data = (await self._storage.load_bytes(self._session_key(bare_jid, device_id))).maybe(None)
+        data = await self._load_session_record(bare_jid, device_id)
         if data is None:
             if self._reference_checked:
                 return None
             await self._adopt_reference_data()
-            data = (await self._storage.load_bytes(self._session_key(bare_jid, device_id))).maybe(None)
+            data = await self._load_session_record(bare_jid, device_id)
             if data is None:
                 return None
-        session = self._decode_session(bare_jid, device_id, data)
+        try:
+            session = self._decode_session(bare_jid, device_id, data)
+        except InvalidState as exc:
+            raise self._damaged(bare_jid, device_id, exc) from None
         self._remember(session)
         return session
+
+    async def _load_session_record(self, bare_jid: str, device_id: int) -> Optional[bytes]:
+        try:
+            return (await self._storage.load_bytes(self._session_key(bare_jid, device_id))).maybe(None)
+        except TypeError as exc:  # not a base64 string: changed outside this library
+            raise self._damaged(bare_jid, device_id, exc) from None
+
+    def _damaged(self, bare_jid: str, device_id: int, exc: Exception) -> SessionDamaged:
+        return SessionDamaged(
+            f"the stored session with device {device_id} of {bare_jid} ({self.namespace}) under the key"
+            f" {self._session_key(bare_jid, device_id)!r} is damaged ({exc}); only this session is"
+            " affected, replace_sessions replaces it"
+        )
 
     def _remember(self, session: EngineSession) -> None:
         """Cache the (immutable) parts of a stored session; the least recently used are dropped."""
@@ -942,7 +959,10 @@ class EngineBackend(Backend):
         await self._adopt_reference_data()  # an imported session must not come back later
         index = await self._session_index()
         devices = index.get(bare_jid, [])
-        existed = device_id in devices or (await self.load_session(bare_jid, device_id)) is not None
+        try:
+            existed = device_id in devices or (await self.load_session(bare_jid, device_id)) is not None
+        except SessionDamaged:
+            existed = True  # deleted all the same
         self._sessions.pop((bare_jid, device_id), None)
         await self._storage.delete(self._session_key(bare_jid, device_id))
         if device_id in devices:
