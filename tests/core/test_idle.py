@@ -146,3 +146,29 @@ async def test_forgetting_can_be_turned_off_and_stops_with_shutdown() -> None:
     assert forgetter._SessionManager__forgetting is None and task._task.done()
     await forgetter.shutdown()  # idempotent
     await keeper.shutdown()
+
+
+async def test_an_old_duplicate_is_a_duplicate_after_a_pause() -> None:
+    """A copy of a message from a receiving chain the ratchet has dropped since (an archive page fetched
+    again), delivered after the contact was forgotten: DuplicateMessage every time, never an authentication
+    failure counting towards SessionOutOfStep; the session goes on."""
+    net = InMemoryXMPP()
+    alice = await _create(net, ALICE, MemoryStorage(), idle=0.2)
+    bob = await _create(net, BOB, MemoryStorage(), idle=0.2)
+    [first] = await _send(net, alice, BOB, b"hello")
+    await _deliver(net, bob, BOB)
+    await _deliver(net, alice, ALICE)
+    for text in (b"a", b"b"):  # two round trips: Bob's receiving chain of "hello" is gone
+        await _send(net, bob, ALICE, text)
+        await _deliver(net, alice, ALICE)
+        await _send(net, alice, BOB, text)
+        await _deliver(net, bob, BOB)
+    await _until_forgotten(bob, ALICE)
+    for _ in range(3):
+        with pytest.raises(DuplicateMessage, match="sent this message before"):
+            await bob.decrypt(first)
+    await _send(net, alice, BOB, b"still fine")
+    [(plaintext, _, _)] = await _deliver(net, bob, BOB)
+    assert plaintext == b"still fine"
+    await alice.shutdown()
+    await bob.shutdown()

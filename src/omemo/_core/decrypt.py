@@ -127,6 +127,14 @@ def _restored_backup(
             " The device must replace its session with this one (replace_sessions here does it from our side)"
         )
     if isinstance(exc, MessageAuthenticationFailed) and not isinstance(exc, SessionOutOfStep):
+        fingerprint = _fingerprint(encrypted)
+        if fingerprint is not None and core.decrypted_messages.get(fingerprint) == device:
+            # A copy of a message decrypted while running, from a receiving chain the ratchet has since
+            # dropped (an archive page fetched again): a duplicate, not a sign of sessions out of step.
+            return DuplicateMessage(
+                f"{who} sent this message before and it was decrypted then (a duplicate delivery of a"
+                " message from an older chain); nothing was changed"
+            )
         failures = core.auth_failures[device] = core.auth_failures.get(device, 0) + 1
         if failures >= 2:
             return SessionOutOfStep(
