@@ -126,8 +126,8 @@ class SessionManager(ABC):
     #: Seconds after which a silent contact's device records and sessions are dropped from memory (an
     #: addition of this library): a background task checks every half of it, and the contact's next
     #: message loads them from the storage again. Memory then follows the contacts in use, not every
-    #: contact ever had (gateways with thousands of sessions). 0 or less: keep everything. Read when
-    #: :meth:`create` runs.
+    #: contact ever had (gateways with thousands of sessions). 0 or less: keep everything (decided when
+    #: :meth:`create` runs; the period is read again every round).
     CACHE_IDLE_SECONDS = 600.0
 
     # Set by create(). The name-mangled list is read by python-omemo 2.1's debug CLI helper.

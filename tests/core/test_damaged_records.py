@@ -10,7 +10,7 @@ import json
 import re
 import sqlite3
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
 import pytest
 
@@ -27,17 +27,6 @@ from omemo.trust import BTBVTrust
 ALICE, BOB, CAROL = "alice@example.org", "bob@example.org", "carol@example.org"
 NS2 = twomemo.twomemo.NAMESPACE
 DAMAGES = ["cut short", "cut base64", "not base64", "not a string"]
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Any]:
-    from postgres.server import start_postgres_or_skip
-
-    server = start_postgres_or_skip()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def _damaged(value: str, damage: str) -> str:

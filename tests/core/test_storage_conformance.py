@@ -18,7 +18,7 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -58,17 +58,6 @@ KINDS = [
     "postgres-nocache",
 ]
 _accounts = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Any]:
-    from postgres.server import start_postgres_or_skip
-
-    server = start_postgres_or_skip()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture(params=KINDS)

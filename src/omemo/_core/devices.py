@@ -179,20 +179,21 @@ class DeviceStore:
         self._records.clear()
         self._trust.clear()
 
-    def cached_jids(self) -> Set[str]:
-        """Returns: the bare JIDs with something in this cache."""
-        return {*self._ids, *(key[0] for key in self._records), *(key[0] for key in self._trust)}
-
-    def forget_idle(self, keep: Set[str]) -> None:
+    def forget_idle(self, keep: Set[str]) -> Tuple[Set[str], Set[str]]:
         """Drop the cached records of every bare JID neither used since the last call nor in ``keep``.
 
         Not a write: the storage holds the same, and loads in flight may fill the cache again.
+
+        Returns:
+            The bare JIDs kept (``keep`` and the used ones) and those whose records were dropped.
         """
         keep = keep | self.used
         self.used = set()
+        cached = {*self._ids, *(key[0] for key in self._records), *(key[0] for key in self._trust)}
         self._ids = {jid: ids for jid, ids in self._ids.items() if jid in keep}
         self._records = {key: record for key, record in self._records.items() if key[0] in keep}
         self._trust = {key: name for key, name in self._trust.items() if key[0] in keep}
+        return keep, cached - keep
 
     async def _store_field(self, bare_jid: str, device_id: int, name: str, value: Any, **fields: Any) -> None:
         """Store one field of a device record (``name`` under the device's prefix) and update the cached

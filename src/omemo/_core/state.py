@@ -258,9 +258,7 @@ class Core:
         that a duplicate delivered after a pause (a MAM catch-up) is still told from an out-of-step
         session. The own account is kept.
         """
-        keep = self.devices.used | {self.own_bare_jid}
-        idle = self.devices.cached_jids() - keep
-        self.devices.forget_idle(keep)
+        keep, idle = self.devices.forget_idle({self.own_bare_jid})
         self._known_information = {j: m for j, m in self._known_information.items() if j in keep}
         for backend in self.backends:
             forget = getattr(backend, "forget_idle", None)

@@ -146,33 +146,31 @@ class _File:
 
     # -- reading ------------------------------------------------------------------------------------
 
-    def read(self, key: str) -> Optional[str]:
+    def query(self, sql: str, parameters: Tuple[str, ...] = ()) -> List[Any]:
+        """The rows of a read on the read connection (``sqlite3.Error`` is the caller's to name)."""
         with self.read_lock:
             reader = self.reader
             if reader is None:
                 raise self.closed_error()
-            try:
-                row = reader.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
-            except sqlite3.Error as e:
-                raise StorageException(
-                    f"SQLite storage {self.path!r}: load of {_shown(key)} failed: {e}"
-                ) from e
-        return None if row is None else str(row[0])
+            return reader.execute(sql, parameters).fetchall()
+
+    def read(self, key: str) -> Optional[str]:
+        try:
+            rows = self.query("SELECT value FROM kv WHERE key = ?", (key,))
+        except sqlite3.Error as e:
+            raise StorageException(f"SQLite storage {self.path!r}: load of {_shown(key)} failed: {e}") from e
+        return str(rows[0][0]) if rows else None
 
     def rows(self, prefix: str) -> List[Tuple[str, str]]:
-        with self.read_lock:
-            reader = self.reader
-            if reader is None:
-                raise self.closed_error()
-            try:
-                if prefix:
-                    # Keys of the account: from prefix (inclusive) to prefix with its last character + 1.
-                    end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-                    sql = "SELECT key, value FROM kv WHERE key >= ? AND key < ? ORDER BY key"
-                    return reader.execute(sql, (prefix, end)).fetchall()
-                return reader.execute("SELECT key, value FROM kv ORDER BY key").fetchall()
-            except sqlite3.Error as e:
-                raise StorageException(f"SQLite storage {self.path!r}: snapshot failed: {e}") from e
+        try:
+            if not prefix:
+                return self.query("SELECT key, value FROM kv ORDER BY key")
+            # Keys of the account: from prefix (inclusive) to prefix with its last character + 1.
+            end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+            sql = "SELECT key, value FROM kv WHERE key >= ? AND key < ? ORDER BY key"
+            return self.query(sql, (prefix, end))
+        except sqlite3.Error as e:
+            raise StorageException(f"SQLite storage {self.path!r}: snapshot failed: {e}") from e
 
     # -- writing ------------------------------------------------------------------------------------
 
