@@ -160,6 +160,18 @@ class SessionManager(ABC):
         (see :meth:`purge_backend`). Finally the background tasks start: the signed pre key rotation
         and forgetting idle contacts (:attr:`CACHE_IDLE_SECONDS`).
 
+        A restart reads only what this needs: the identity key pair, the own device id and namespaces
+        and, per backend, the number of visible pre keys (backends whose pre keys fell to the threshold
+        are refilled and republished here, as before) and whether a bundle change is still unpublished.
+        The rest is loaded on first use: the decoded key states (the rotation task reads them right
+        after the start), the public identity key, the rest of the own device record. Damaged stored
+        data raises the same exceptions as before, but possibly only on first use: a damaged key state
+        of the ``twomemo``/``oldmemo`` backends raises ``omemo_engine.errors.InvalidState`` here if its
+        pre key count cannot be read or a refill is due, otherwise from the first operation that needs
+        the keys (e.g. :meth:`ensure_data_consistency`, or :meth:`decrypt` of a key exchange); a
+        malformed own label or other field of the own device record raises where that record is first
+        read (e.g. :meth:`get_own_device_information`).
+
         Args:
             backends: the backends to load; their order is the default encryption priority.
             storage: the storage of all OMEMO data of this account.
@@ -207,7 +219,7 @@ class SessionManager(ABC):
             storage,
             self.__backends,
             own_bare_jid,
-            identity.identity_key,
+            identity,
             undecided_trust_level_name,
             signed_pre_key_rotation_period,
             pre_key_refill_threshold,

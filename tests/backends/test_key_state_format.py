@@ -7,6 +7,7 @@ blob. The version-1 sample below is written out by hand in that layout (a golden
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
 
 import pytest
 
@@ -35,7 +36,7 @@ def test_version_2_round_trip() -> None:
     assert KeyState.from_json(record) == STATE
 
 
-def test_version_1_golden_sample_loads() -> None:
+def version_1_record() -> dict[str, object]:
     spk = {
         "id": 3,
         "priv": b64(b"\x01" * 32),
@@ -54,7 +55,11 @@ def test_version_1_golden_sample_loads() -> None:
         "hidden": {"2": [b64(b"\x08" * 32), b64(b"\x09" * 32)]},
         "next_pre_key_id": 10,
     }
-    assert KeyState.from_json(record) == STATE
+    return record
+
+
+def test_version_1_golden_sample_loads() -> None:
+    assert KeyState.from_json(version_1_record()) == STATE
 
 
 @pytest.mark.parametrize(
@@ -68,5 +73,54 @@ def test_version_1_golden_sample_loads() -> None:
     ],
 )
 def test_corrupt_records_raise_invalid_state(corrupt: dict[str, object]) -> None:
+    with pytest.raises(InvalidState):
+        KeyState.from_json(corrupt)
+
+
+# -- counting the visible pre keys without decoding (what a restart does) ---------------------------
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 3, 4, 100])
+def test_the_visible_pre_keys_are_counted_off_the_record(count: int) -> None:
+    """Every base64 padding (68-byte entries: none, one or two ``=``) gives the decoded count."""
+    pre_keys = {i: (bytes([i]) * 32, b"\x05" * 32) for i in range(1, count + 1)}
+    record = replace(STATE, pre_keys=pre_keys).to_json()
+    assert KeyState.count_visible_pre_keys(record) == count == len(KeyState.from_json(record).pre_keys)
+
+
+def test_a_version_1_record_is_left_to_from_json() -> None:
+    assert KeyState.count_visible_pre_keys(version_1_record()) is None
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        {"version": 99},
+        {"version": 2},
+        {**STATE.to_json(), "pre_keys": b64(b"\x00" * 67)},
+        {**STATE.to_json(), "pre_keys": b64(b"\x00" * 69)},
+        {**STATE.to_json(), "pre_keys": "not base64!"},
+        {**STATE.to_json(), "pre_keys": None},
+        "not a record",
+        None,
+    ],
+)
+def test_damage_the_count_sees_raises_invalid_state(corrupt: object) -> None:
+    with pytest.raises(InvalidState):
+        KeyState.count_visible_pre_keys(corrupt)
+    with pytest.raises(InvalidState):
+        KeyState.from_json(corrupt)
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        {**STATE.to_json(), "pre_keys": "!" + str(STATE.to_json()["pre_keys"])[1:]},
+        {**STATE.to_json(), "spk": None},
+        {**STATE.to_json(), "hidden": "not base64!"},
+    ],
+)
+def test_damage_the_count_does_not_see_is_left_to_from_json(corrupt: dict[str, object]) -> None:
+    assert KeyState.count_visible_pre_keys(corrupt) == 2
     with pytest.raises(InvalidState):
         KeyState.from_json(corrupt)

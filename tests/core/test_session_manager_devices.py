@@ -213,6 +213,24 @@ async def test_namespaces_without_active_flag_are_repaired() -> None:
     assert storage.snapshot()[f"/devices/{BOB}/5/namespaces"] == [NS_A]
 
 
+async def test_namespaces_alone_are_read_and_repaired_like_the_record() -> None:
+    """``DeviceStore.namespaces`` (all that ``create`` reads of the own device record) repairs like
+    ``load`` and answers from a cached record."""
+    net = InMemoryXMPP()
+    storage = MemoryStorage(serialize=True)
+    alice = await make_account(net, ALICE, storage=storage)
+    devices = alice.manager._omemo_core.devices
+    await alice.manager.update_device_list(NS_A, BOB, {5: None})
+    await storage.store(f"/devices/{BOB}/5/namespaces", [NS_A, NS_B])
+    devices.clear_cache()
+    assert await devices.namespaces(BOB, 5) == (NS_A,)
+    assert storage.snapshot()[f"/devices/{BOB}/5/namespaces"] == [NS_A]
+    assert await devices.namespaces(BOB, 6) == ()
+    record = await devices.load(BOB, 5)
+    await storage.store(f"/devices/{BOB}/5/namespaces", [])  # not seen: the cached record answers
+    assert await devices.namespaces(BOB, 5) == record.namespaces == (NS_A,)
+
+
 async def test_in_memory_xmpp_failure_injection_and_notifications() -> None:
     net = InMemoryXMPP(namespaces=[NS_A])
     with pytest.raises(ValueError, match="unknown operation"):

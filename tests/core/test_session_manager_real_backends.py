@@ -8,6 +8,8 @@ OMEMO, session replacement and SQLite persistence across a restart.
 
 from __future__ import annotations
 
+import base64
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -16,11 +18,15 @@ import pytest
 import oldmemo
 import twomemo
 from omemo._core.encrypt import encrypt as core_encrypt
+from omemo._engine.records import KeyState
+from omemo.identity_key_pair import IdentityKeyPair
 from omemo.storage import Storage
 from omemo.storages import MemoryStorage, SQLiteStorage
 from omemo.testing import InMemoryXMPP
 from omemo.trust import BTBVTrust
-from omemo.types import SignedLabel
+from omemo.types import JSONType, SignedLabel
+from omemo_engine import xeddsa
+from omemo_engine.errors import InvalidState
 
 ALICE, BOB = "alice@example.org", "bob@example.org"
 NS2, NSL = twomemo.twomemo.NAMESPACE, oldmemo.oldmemo.NAMESPACE
@@ -312,3 +318,182 @@ async def test_the_handover_is_refused_without_transactions() -> None:
     assert plaintext == b"hi"
     await bob.shutdown()
     await alice.shutdown()
+
+
+# -- a restart loads lazily -----------------------------------------------------------------------
+#
+# On a restart, create() reads of each backend's key state only the number of visible pre keys (off
+# the stored record, without decoding it), and derives no public identity key: the rest is loaded on
+# first use (or by the background rotation task). These tests check that this changes nothing
+# visible: refills still happen in create(), and damaged key states still raise InvalidState.
+
+
+async def _first_run(net: InMemoryXMPP) -> Dict[str, JSONType]:
+    """Set Alice up (both backends) and return her storage content."""
+    storage = MemoryStorage(serialize=True)
+    alice = await _create(net, ALICE, storage)
+    await alice.shutdown()
+    return storage.snapshot()
+
+
+async def _restart(net: InMemoryXMPP, data: Dict[str, JSONType], threshold: int = 99) -> Any:
+    """Create Alice from ``data`` in a new storage object (nothing memoised from the first run)."""
+    storage = MemoryStorage(data, serialize=True)
+    cls = net.session_manager_class(ALICE, BTBVTrust)
+    return await cls.create(
+        [twomemo.Twomemo(storage), oldmemo.Oldmemo(storage)],
+        storage,
+        ALICE,
+        None,
+        BTBVTrust.UNDECIDED,
+        pre_key_refill_threshold=threshold,
+    )
+
+
+def _uploads(net: InMemoryXMPP, namespace: str) -> int:
+    return sum(1 for call in net.calls if call[:2] == ("upload_bundle", namespace))
+
+
+def _use_pre_keys(data: Dict[str, JSONType], namespace: str, used: int) -> KeyState:
+    """Drop the first ``used`` visible pre keys of a stored key state (as if used by key exchanges)."""
+    keys = KeyState.from_json(data[f"/{namespace}/keys"])
+    visible = dict(list(keys.pre_keys.items())[used:])
+    keys = replace(keys, pre_keys=visible)
+    data[f"/{namespace}/keys"] = keys.to_json()
+    return keys
+
+
+def _as_version_1(record: Any) -> Dict[str, Any]:
+    """A version-2 key state record rewritten in the version-1 layout (two base64 strings per key)."""
+    keys = KeyState.from_json(record)
+
+    def b64(value: bytes) -> str:
+        return base64.b64encode(value).decode("ascii")
+
+    def pairs(mapping: Any) -> Dict[str, List[str]]:
+        return {str(k): [b64(priv), b64(pub)] for k, (priv, pub) in mapping.items()}
+
+    return {**record, "version": 1, "pre_keys": pairs(keys.pre_keys), "hidden": pairs(keys.hidden_pre_keys)}
+
+
+def _damage_base64(data: Dict[str, JSONType], namespace: str) -> None:
+    """Put a character outside the base64 alphabet into the packed pre keys (the length stays right)."""
+    record = dict(data[f"/{namespace}/keys"])  # type: ignore[arg-type]
+    text = record["pre_keys"]
+    assert isinstance(text, str)
+    record["pre_keys"] = "!" + text[1:]
+    data[f"/{namespace}/keys"] = record
+
+
+async def test_a_restart_decodes_no_key_state_nor_identity_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    net = InMemoryXMPP()
+    data = await _first_run(net)
+    uploads = _uploads(net, NS2), _uploads(net, NSL)
+    decoded: List[Any] = []
+    derived: List[bytes] = []
+    from_json, seed_to_pub = KeyState.from_json, xeddsa.seed_to_ed25519_pub
+
+    def counted_from_json(cls: type, data: Any) -> KeyState:
+        decoded.append(data)
+        return from_json(data)
+
+    def counted_seed_to_pub(seed: bytes) -> bytes:
+        derived.append(seed)
+        return seed_to_pub(seed)
+
+    monkeypatch.setattr(KeyState, "from_json", classmethod(counted_from_json))
+    monkeypatch.setattr(xeddsa, "seed_to_ed25519_pub", counted_seed_to_pub)
+    alice = await _restart(net, data)
+    assert decoded == [] and derived == []  # checked before the background rotation task ran
+    assert (_uploads(net, NS2), _uploads(net, NSL)) == uploads  # nothing to refill, nothing republished
+    # First use: the key states are decoded, the identity key derived once, and all is as published.
+    await alice.ensure_data_consistency()
+    assert len(decoded) == 2 and len(derived) == 1
+    assert (_uploads(net, NS2), _uploads(net, NSL)) == uploads
+    own, _ = await alice.get_own_device_information()
+    assert own.identity_key == (await IdentityKeyPair.get(MemoryStorage(data))).identity_key
+    await alice.shutdown()
+
+
+@pytest.mark.parametrize("version", [1, 2])
+async def test_a_restart_refills_and_republishes_the_pre_keys_used_meanwhile(version: int) -> None:
+    net = InMemoryXMPP()
+    data = await _first_run(net)
+    keys = _use_pre_keys(data, NS2, 40)
+    if version == 1:
+        data[f"/{NS2}/keys"] = _as_version_1(data[f"/{NS2}/keys"])
+    uploads = _uploads(net, NS2), _uploads(net, NSL)
+    alice = await _restart(net, data, threshold=60)
+    # Republished by create() itself, the refilled backend only; new ids continue the old ones.
+    assert (_uploads(net, NS2), _uploads(net, NSL)) == (uploads[0] + 1, uploads[1])
+    device_id = data["/own_device_id"]
+    assert isinstance(device_id, int)
+    bundle = net.bundles[(NS2, ALICE, device_id)]
+    assert len(bundle.pre_keys) == 100  # type: ignore[attr-defined]
+    new_ids = set(bundle.pre_keys) - set(keys.pre_keys)  # type: ignore[attr-defined]
+    assert new_ids == set(range(keys.next_pre_key_id, keys.next_pre_key_id + 40))
+    await alice.shutdown()
+
+
+async def test_a_restart_above_the_threshold_leaves_the_pre_keys_alone() -> None:
+    net = InMemoryXMPP()
+    data = await _first_run(net)
+    keys = _use_pre_keys(data, NS2, 40)
+    uploads = _uploads(net, NS2)
+    alice = await _restart(net, data, threshold=50)
+    assert _uploads(net, NS2) == uploads
+    backend = alice._SessionManager__backends[0]
+    assert backend.namespace == NS2 and await backend.get_num_visible_pre_keys() == 60
+    own, _ = await alice.get_own_device_information()
+    bundle = await backend.get_bundle(ALICE, own.device_id)  # the stored keys, untouched
+    assert set(bundle.pre_keys) == set(keys.pre_keys)
+    await alice.shutdown()
+
+
+async def test_a_damaged_key_state_raises_invalid_state_on_first_use() -> None:
+    """Damage that the pre key count does not see lets create() pass (no refill due); the key state's
+    first real use raises InvalidState, every time, as create() did before."""
+    net = InMemoryXMPP()
+    data = await _first_run(net)
+    _damage_base64(data, NS2)
+    alice = await _restart(net, data)
+    for _ in range(2):
+        with pytest.raises(InvalidState):
+            await alice.ensure_data_consistency()
+    await alice.shutdown()
+
+
+async def test_a_damaged_key_state_with_a_refill_due_fails_create() -> None:
+    net = InMemoryXMPP()
+    data = await _first_run(net)
+    _use_pre_keys(data, NS2, 40)
+    _damage_base64(data, NS2)
+    with pytest.raises(InvalidState):
+        await _restart(net, data, threshold=60)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"version": 99},
+        {"pre_keys": base64.b64encode(b"\x00" * 67).decode("ascii")},
+        {"pre_keys": "not base64!"},
+        {"pre_keys": 5},
+    ],
+    ids=["unknown-version", "partial-entry", "bad-length", "not-a-string"],
+)
+async def test_a_key_state_damaged_where_the_count_looks_still_fails_create(damage: Dict[str, Any]) -> None:
+    net = InMemoryXMPP()
+    data = await _first_run(net)
+    data[f"/{NS2}/keys"] = {**data[f"/{NS2}/keys"], **damage}  # type: ignore[dict-item]
+    with pytest.raises(InvalidState):
+        await _restart(net, data)
+
+
+@pytest.mark.parametrize("record", ["garbage", ["a", "list"]], ids=["a-string", "a-list"])
+async def test_a_key_state_that_is_no_record_fails_create(record: JSONType) -> None:
+    net = InMemoryXMPP()
+    data = await _first_run(net)
+    data[f"/{NS2}/keys"] = record
+    with pytest.raises(InvalidState):
+        await _restart(net, data)

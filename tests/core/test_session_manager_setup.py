@@ -162,6 +162,38 @@ async def test_removed_backend_is_purged_online_on_reload() -> None:
     await second.manager.shutdown()
 
 
+async def test_swapped_backends_are_purged_and_set_up_in_one_reload() -> None:
+    """``create`` reads the own namespaces once and again after each change (purge, new backend)."""
+    net = InMemoryXMPP()
+    storage = MemoryStorage(serialize=True)
+    first = await make_account(net, JID, (NS_A,), storage=storage)
+    await first.manager.shutdown()
+    dev = first.device_id
+    second = await make_account(net, JID, (NS_B,), storage=storage)
+    assert dev not in net.device_lists[(NS_A, JID)] and (NS_A, JID, dev) not in net.bundles
+    assert dev in net.device_lists[(NS_B, JID)] and (NS_B, JID, dev) in net.bundles
+    own, _ = await second.manager.get_own_device_information()
+    assert own.namespaces == frozenset({NS_B})
+    await second.manager.shutdown()
+
+
+async def test_an_own_namespace_without_active_flag_is_repaired_and_set_up_again_on_reload() -> None:
+    """python-omemo < 1.0.4 could leave a namespace in ``namespaces`` that ``active`` lacks: ``create``
+    (which reads only these two records of the own device) repairs it and sets the backend up anew."""
+    net = InMemoryXMPP()
+    storage = MemoryStorage(serialize=True)
+    first = await make_account(net, JID, (NS_A,), storage=storage)
+    await first.manager.shutdown()
+    dev = first.device_id
+    await storage.store(f"/devices/{JID}/{dev}/namespaces", [NS_A, NS_B])
+    second = await make_account(net, JID, (NS_A, NS_B), storage=storage)
+    assert dev in net.device_lists[(NS_B, JID)] and (NS_B, JID, dev) in net.bundles
+    assert [call[0] for call in net.calls].count("upload_bundle") == 2  # NS_A once at first, NS_B now
+    own, _ = await second.manager.get_own_device_information()
+    assert own.namespaces == frozenset({NS_A, NS_B})
+    await second.manager.shutdown()
+
+
 async def test_purge_backend_of_loaded_backend() -> None:
     net = InMemoryXMPP()
     storage = MemoryStorage(serialize=True)

@@ -258,12 +258,7 @@ class DeviceStore:
             return cached
         writes = self._writes
         prefix = self._prefix(bare_jid, device_id)
-        namespaces = (await self._storage.load_list(f"{prefix}/namespaces", str)).maybe([])
-        active = (await self._storage.load_dict(f"{prefix}/active", bool)).maybe({})
-        repaired = [ns for ns in namespaces if ns in active]
-        if repaired != namespaces:
-            _log.warning("repairing the namespaces of a device that lacked active flags")
-            await self._storage.store(f"{prefix}/namespaces", list(repaired))
+        repaired, active = await self._load_namespaces(prefix)
         label = (await self._storage.load_optional(f"{prefix}/label", str)).maybe(None)
         identity_key = (await self._storage.load_bytes(f"{prefix}/identity_key")).maybe(None)
         last = (await self._storage.load_optional(f"{prefix}/last_namespace", str)).maybe(None)
@@ -276,6 +271,40 @@ class DeviceStore:
         if writes == self._writes:
             self._records[(bare_jid, device_id)] = record
         return record
+
+    async def namespaces(self, bare_jid: str, device_id: int) -> Tuple[str, ...]:
+        """The namespaces of a device: :meth:`load`'s ``namespaces`` (repaired the same way), without
+        loading the rest of the record when it is not cached (``SessionManager.create`` needs only
+        this of the own device; the record is loaded on its first use).
+
+        Args:
+            bare_jid: the device's account.
+            device_id: the device id.
+
+        Returns:
+            The namespaces (empty for an unknown device).
+        """
+        self.used.add(bare_jid)
+        cached = self._records.get((bare_jid, device_id))
+        if cached is not None:
+            return cached.namespaces
+        return tuple((await self._load_namespaces(self._prefix(bare_jid, device_id)))[0])
+
+    async def _load_namespaces(self, prefix: str) -> Tuple[List[str], Dict[str, bool]]:
+        """Load ``namespaces`` and ``active`` of the device under ``prefix``; a namespace lacking its
+        ``active`` flag (a crash between the two writes of an older version) is dropped and the
+        repaired list stored.
+
+        Returns:
+            The repaired namespaces and the active flags.
+        """
+        namespaces = (await self._storage.load_list(f"{prefix}/namespaces", str)).maybe([])
+        active = (await self._storage.load_dict(f"{prefix}/active", bool)).maybe({})
+        repaired = [ns for ns in namespaces if ns in active]
+        if repaired != namespaces:
+            _log.warning("repairing the namespaces of a device that lacked active flags")
+            await self._storage.store(f"{prefix}/namespaces", list(repaired))
+        return repaired, active
 
     async def store_namespaces(self, bare_jid: str, device_id: int, active: Dict[str, bool]) -> None:
         """Store the namespaces of a device, given as its ``active`` mapping (written first)."""

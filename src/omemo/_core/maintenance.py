@@ -76,16 +76,24 @@ async def set_up_backends(core: Core) -> None:
 
     Backends are handled one after the other and each is complete (device list last) before the next
     starts. Loaded backends whose visible pre keys fell to the threshold are refilled and republished.
+
+    Only what this needs is loaded (the own device's namespaces, each backend's pre key count and
+    unpublished-bundle mark): the rest of the own device record, the decoded key states and the
+    public identity key are loaded on first use.
     """
     jid, own_id = core.own_bare_jid, core.own_device_id
     loaded = core.namespaces()
-    own = await core.devices.load(jid, own_id)
-    for namespace in [ns for ns in own.namespaces if ns not in loaded]:
+    # The own namespaces are read again after every step that changes them (a purge, a new backend's
+    # device list), so each backend sees the record as its predecessors left it.
+    own_namespaces = await core.devices.namespaces(jid, own_id)
+    gone = [ns for ns in own_namespaces if ns not in loaded]
+    for namespace in gone:
         _log.info("backend %s is no longer loaded; purging its online data", namespace)
         await purge_backend(core, namespace)
+    if gone:
+        own_namespaces = await core.devices.namespaces(jid, own_id)
     for backend in list(core.backends):
-        own = await core.devices.load(jid, own_id)
-        new = backend.namespace not in own.namespaces
+        new = backend.namespace not in own_namespaces
         async with core.backend_locks.hold(backend.namespace):
             refilled = await core.refill_pre_keys(backend)
         # A bundle change that the last run committed but did not publish (it was killed in between).
@@ -99,6 +107,7 @@ async def set_up_backends(core: Core) -> None:
         if new:
             # The device list last: only now is this backend usable by others.
             await core.refresh_device_list(backend.namespace, jid)
+            own_namespaces = await core.devices.namespaces(jid, own_id)
 
 
 async def purge_backend(core: Core, namespace: str) -> None:

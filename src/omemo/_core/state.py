@@ -47,6 +47,7 @@ from .._runtime import AsyncioRuntime, KeyedLocks, Lock, Runtime
 from ..backend import Backend
 from ..bundle import Bundle
 from ..hygiene import DeviceActivity
+from ..identity_key_pair import IdentityKeyPair
 from ..message import Message
 from ..session import Initiation, Session
 from ..storage import Storage
@@ -131,20 +132,21 @@ class Core:
         storage: Storage,
         backends: List[Backend],
         own_bare_jid: str,
-        identity_key: bytes,
+        identity: IdentityKeyPair,
         undecided_trust_level_name: str,
         signed_pre_key_rotation_period: int,
         pre_key_refill_threshold: int,
         runtime: Runtime,
     ) -> None:
-        """Args: the values of :meth:`SessionManager.create`; ``backends`` is shared, not copied."""
+        """Args: the values of :meth:`SessionManager.create`; ``backends`` is shared, not copied;
+        ``identity`` is the loaded identity key pair (its public key is derived on first use)."""
         self.manager = manager
         self.storage = storage
         self.backends = backends
         self._known_information: Dict[str, Tuple[int, FrozenSet[DeviceInformation]]] = {}
         self.own_bare_jid = own_bare_jid
         self.own_device_id = 0  # set by create() once known
-        self.identity_key = identity_key
+        self._identity = identity
         self.undecided = undecided_trust_level_name
         self.rotation_period = signed_pre_key_rotation_period
         self.refill_threshold = pre_key_refill_threshold
@@ -172,6 +174,16 @@ class Core:
         #: (namespace, bare JID) whose device list decrypt fetched because a known device wrote in a
         #: namespace it was not known to use: once per instance, not once per message.
         self.namespace_lookups: set[Tuple[str, str]] = set()
+
+    @property
+    def identity_key(self) -> bytes:
+        """The own identity key (Ed25519 public key).
+
+        Derived from the identity key pair on first use, not when :meth:`SessionManager.create` loads
+        it: a start of an existing account does not need it (deriving costs a scalar multiplication).
+        The pair memoises it, so every later read is an attribute lookup.
+        """
+        return self._identity.identity_key
 
     # -- backends -----------------------------------------------------------------------------------
 
