@@ -32,6 +32,7 @@ from typing import NamedTuple
 from ._primitives import (
     aes_cbc_decrypt,
     aes_cbc_encrypt,
+    chain_step,
     constant_time_equal,
     hkdf_sha256,
     hmac_sha256,
@@ -51,15 +52,15 @@ from .wire import Header, OpenedMessage
 
 __all__ = [
     "RatchetState",
+    "decode_skipped",
     "decrypt",
+    "encode_skipped",
     "encrypt",
     "initialize_active",
     "initialize_passive",
 ]
 
 _SALT = bytes(32)
-_MESSAGE_KEY_SEED = b"\x01"
-_CHAIN_KEY_SEED = b"\x02"
 _STATE_VERSION = 1
 _COUNTERS = struct.Struct(">III")
 _U32 = struct.Struct(">I")
@@ -70,6 +71,8 @@ _KEY = 32
 _MAX_AD = 255  # the record stores the associated data's length in one byte (it is 64 or 66)
 
 SkippedKeys = Mapping[tuple[bytes, int], bytes]
+# The record of a state with every key and no skipped key, by associated-data length (see to_bytes).
+_FULL_LAYOUTS: dict[int, struct.Struct] = {}
 
 
 class RatchetState(NamedTuple):
@@ -125,14 +128,39 @@ class RatchetState(NamedTuple):
         """Messages received in the current receiving chain, or None if there is none yet."""
         return self.receiving_n if self.receiving_chain_key is not None else None
 
-    def to_bytes(self) -> bytes:
-        """Serialise to a compact, versioned binary record (contains secrets)."""
-        flags = (
-            self.initiator
-            | (self.other_ratchet_pub is not None) << 1
-            | (self.sending_chain_key is not None) << 2
-            | (self.receiving_chain_key is not None) << 3
-        )
+    def to_bytes(self, with_skipped: bool = True) -> bytes:
+        """Serialise to a compact, versioned binary record (contains secrets).
+
+        Args:
+            with_skipped: whether the skipped message keys are part of the record. Without them the
+                record is of constant size (about 300 bytes) however many keys the session holds; the
+                caller then keeps them apart (:func:`encode_skipped`) and puts them back on load.
+        """
+        other, send, recv = self.other_ratchet_pub, self.sending_chain_key, self.receiving_chain_key
+        full = other is not None and send is not None and recv is not None
+        if full and not (with_skipped and self.skipped):
+            # The steady state (every key present, no skipped key in the record): one pack.
+            ad = self.associated_data
+            layout = _FULL_LAYOUTS.get(len(ad))
+            if layout is None:
+                layout = _FULL_LAYOUTS[len(ad)] = struct.Struct(f">3B{len(ad)}s" + "32s" * 6 + "4I")
+            return layout.pack(
+                _STATE_VERSION,
+                self.initiator | 0x0E,
+                len(ad),
+                ad,
+                self.root_key,
+                self.own_ratchet_priv,
+                self.own_ratchet_pub,
+                other,
+                send,
+                recv,
+                self.sending_n,
+                self.receiving_n,
+                self.previous_sending_n,
+                0,
+            )
+        flags = self.initiator | (other is not None) << 1 | (send is not None) << 2 | (recv is not None) << 3
         parts = [
             bytes((_STATE_VERSION, flags, len(self.associated_data))),
             self.associated_data,
@@ -143,9 +171,10 @@ class RatchetState(NamedTuple):
             self.sending_chain_key or b"",
             self.receiving_chain_key or b"",
             _COUNTERS.pack(self.sending_n, self.receiving_n, self.previous_sending_n),
-            _U32.pack(len(self.skipped)),
+            _U32.pack(len(self.skipped) if with_skipped else 0),
         ]
-        parts.extend(_SKIPPED_ENTRY.pack(pub, n, mk) for (pub, n), mk in self.skipped.items())
+        if with_skipped:
+            parts.extend(_SKIPPED_ENTRY.pack(pub, n, mk) for (pub, n), mk in self.skipped.items())
         return b"".join(parts)
 
     @classmethod
@@ -189,6 +218,33 @@ class RatchetState(NamedTuple):
             raise InvalidState("ratchet state record lists a skipped message key twice")
         counters = (sending_n, recv, receiving_n, pn)
         return cls(bool(flags & 1), ad, root, own_priv, own_pub, other, send, *counters, skipped)
+
+
+_SKIPPED_VERSION = 1
+
+
+def encode_skipped(skipped: SkippedKeys) -> bytes:
+    """Serialise skipped message keys kept apart from the state record (see ``to_bytes``): a version
+    byte, then ``ratchet key (32) || n (uint32) || message key (32)`` per key, oldest first (secrets)."""
+    return bytes((_SKIPPED_VERSION,)) + b"".join(
+        [_SKIPPED_ENTRY.pack(pub, n, mk) for (pub, n), mk in skipped.items()]
+    )
+
+
+def decode_skipped(data: bytes) -> dict[tuple[bytes, int], bytes]:
+    """Inverse of :func:`encode_skipped`.
+
+    Raises:
+        InvalidState: unknown version, a wrong length, or a key listed twice.
+    """
+    if not data or data[0] != _SKIPPED_VERSION:
+        raise InvalidState(f"unknown skipped-keys record version {data[0] if data else None}")
+    if (len(data) - 1) % _SKIPPED_ENTRY.size:
+        raise InvalidState("skipped-keys record has a wrong length")
+    skipped = {(pub, n): mk for pub, n, mk in _SKIPPED_ENTRY.iter_unpack(data[1:])}
+    if len(skipped) != (len(data) - 1) // _SKIPPED_ENTRY.size:
+        raise InvalidState("skipped-keys record lists a skipped message key twice")
+    return skipped
 
 
 def _root_step(profile: Profile, root_key: bytes, dh_output: bytes) -> tuple[bytes, bytes]:
@@ -275,7 +331,8 @@ def encrypt(profile: Profile, state: RatchetState, plaintext: bytes) -> tuple[Ra
     chain = state.sending_chain_key
     if chain is None:
         raise EngineError("this session has no sending chain yet: the responder must receive first")
-    aes_key, mac_key, iv = _message_keys(profile, hmac_sha256(chain, _MESSAGE_KEY_SEED))
+    message_key, next_chain = chain_step(chain)
+    aes_key, mac_key, iv = _message_keys(profile, message_key)
     header = Header(state.own_ratchet_pub, state.sending_n, state.previous_sending_n)
     data = profile.wire.seal(
         header,
@@ -290,7 +347,7 @@ def encrypt(profile: Profile, state: RatchetState, plaintext: bytes) -> tuple[Ra
         state.own_ratchet_priv,
         state.own_ratchet_pub,
         state.other_ratchet_pub,
-        hmac_sha256(chain, _CHAIN_KEY_SEED),
+        next_chain,
         state.sending_n + 1,
         state.receiving_chain_key,
         state.receiving_n,
@@ -312,8 +369,7 @@ def _skip(
     skipped: dict[tuple[bytes, int], bytes], chain: bytes, ratchet_pub: bytes, start: int, stop: int
 ) -> bytes:
     for n in range(start, stop):
-        skipped[(ratchet_pub, n)] = hmac_sha256(chain, _MESSAGE_KEY_SEED)
-        chain = hmac_sha256(chain, _CHAIN_KEY_SEED)
+        skipped[(ratchet_pub, n)], chain = chain_step(chain)
     return chain
 
 
@@ -398,7 +454,8 @@ def decrypt(
         if new_skipped is None:
             new_skipped = dict(state.skipped)
         chain = _skip(new_skipped, chain, header.dh_pub, receiving_n, header.n)
-    plaintext = _open(profile, hmac_sha256(chain, _MESSAGE_KEY_SEED), mac_ad, opened)
+    message_key, next_chain = chain_step(chain)
+    plaintext = _open(profile, message_key, mac_ad, opened)
     skipped: SkippedKeys = state.skipped
     if new_skipped is not None:
         while len(new_skipped) > max_skipped_per_session:
@@ -413,7 +470,7 @@ def decrypt(
         header.dh_pub,
         sending_chain,
         sending_n,
-        hmac_sha256(chain, _CHAIN_KEY_SEED),
+        next_chain,
         header.n + 1,
         pn,
         skipped,

@@ -109,12 +109,19 @@ async def test_steady_state_writes_per_encrypt_and_decrypt(alice: Device, bob: D
         assert max(counts) == 1  # the session record itself
 
 
-async def test_steady_state_with_skipped_keys_still_one_write(alice: Device, bob: Device) -> None:
+async def test_skipped_keys_are_kept_apart(alice: Device, bob: Device) -> None:
+    """Skipped message keys live in a record of their own, written only when they change: a message
+    that skips keys writes both records, a skipped one decrypted later writes only the keys record."""
     await establish(alice, bob)
     a_session = await load(alice, bob)
     sent = [await send(alice, bob, a_session, b"m%d" % i) for i in range(6)]
     await alice.backend.store_session(a_session)
-    sizes = []
+    ns = bob.backend.namespace
+    record, keys = (
+        f"/{ns}/session/{alice.bare_jid}/{alice.device_id}",
+        f"/{ns}/session-skipped/{alice.bare_jid}/{alice.device_id}",
+    )
+    written = []
     for i in (5, 0, 3, 1, 2, 4):  # out of order: skipped keys stored, then consumed
         message, enc, _ = sent[i]
         bob.storage.reset()
@@ -122,13 +129,36 @@ async def test_steady_state_with_skipped_keys_still_one_write(alice: Device, bob
         plain = await bob.backend.decrypt_key_material(b_session, enc)
         await bob.backend.store_session(b_session)
         assert await bob.backend.decrypt_plaintext(message.content, plain) == b"m%d" % i
-        assert len(bob.storage.writes) == 1
-        sizes.append(bob.storage.writes[0].size)
-    print(
-        f"\n[{bob.backend.namespace}] out-of-order decrypts (5, 4, ..., 0 skipped keys left in the"
-        f" session): bytes per write {sizes}"
-    )
-    assert sizes[-1] < sizes[0]  # consumed skipped keys leave the record
+        written.append([(w.key, w.size) for w in bob.storage.writes])
+    print(f"\n[{ns}] out-of-order decrypts (5 skipped keys, then consumed): writes {written}")
+    assert [key for key, _ in written[0]] == [keys, record]  # the keys first: see store_session
+    assert all([key for key, _ in w] == [keys] for w in written[1:])
+    sizes = [w[0][1] for w in written]
+    assert sizes == sorted(sizes, reverse=True) and sizes[-1] < 10  # consumed keys leave the record
+    bob.restart()  # read back from storage: no skipped key left, every message decrypted once
+    session = await load(bob, alice)
+    assert session.state.skipped == {}
+
+
+async def test_steady_state_cost_does_not_grow_with_skipped_keys(alice: Device, bob: Device) -> None:
+    """A session holding many skipped keys writes one record of the same size per message as one
+    holding none."""
+    await establish(alice, bob)
+    a_session = await load(alice, bob)
+    for _ in range(200):  # lost messages: bob keeps 200 skipped keys
+        await send(alice, bob, a_session, b"lost")
+    await alice.backend.store_session(a_session)
+    await steady_state_round(alice, bob, b"after the gap")
+    sizes = []
+    for i in range(5):
+        encrypt_writes, decrypt_writes = await steady_state_round(alice, bob, b"steady %d" % i)
+        assert len(encrypt_writes) == 1 and len(decrypt_writes) == 1, decrypt_writes
+        sizes.append(decrypt_writes[0].size)
+    session = await load(bob, alice)
+    assert len(session.state.skipped) == 200
+    assert max(sizes) < 1000, sizes  # the record alone, not 200 keys (about 18 KB)
+    bob.restart()
+    assert len((await load(bob, alice)).state.skipped) == 200
 
 
 async def test_building_encrypting_decrypting_write_nothing(alice: Device, bob: Device) -> None:
@@ -165,21 +195,36 @@ async def test_first_store_session_writes_the_index_once(backend_cls: type[Engin
 
     a_session, _ = await establish(alice, bob2, reply=False)
     # establish stored the session once: the record, the list of JIDs and the JID's device list.
-    assert sorted(w.key for w in alice.storage.writes) == sorted(
-        [f"/{ns}/session/bob@example.org/2", f"/{ns}/session-jids", f"/{ns}/session-devices/bob@example.org"]
+    # A session stored without having been loaded first (a new one) also deletes the skipped keys a
+    # replaced session may have left.
+    skipped2 = ("delete", f"/{ns}/session-skipped/bob@example.org/2")
+    assert sorted((w.op, w.key) for w in alice.storage.writes) == sorted(
+        [
+            ("store", f"/{ns}/session/bob@example.org/2"),
+            ("store", f"/{ns}/session-jids"),
+            ("store", f"/{ns}/session-devices/bob@example.org"),
+            skipped2,
+        ]
     )
     alice.storage.reset()
     await establish(alice, bob3, reply=False)  # a new device of a known JID
-    assert sorted(w.key for w in alice.storage.writes) == sorted(
-        [f"/{ns}/session/bob@example.org/3", f"/{ns}/session-devices/bob@example.org"]
+    assert sorted((w.op, w.key) for w in alice.storage.writes) == sorted(
+        [
+            ("store", f"/{ns}/session/bob@example.org/3"),
+            ("store", f"/{ns}/session-devices/bob@example.org"),
+            ("delete", f"/{ns}/session-skipped/bob@example.org/3"),
+        ]
     )
     alice.storage.reset()
     await alice.backend.store_session(a_session)  # replacing a stored session: the record only
     assert [w.key for w in alice.storage.writes] == [f"/{ns}/session/bob@example.org/2"]
     alice.restart()  # the index is read from storage
     alice.storage.reset()
-    await alice.backend.store_session(a_session)
-    assert [w.key for w in alice.storage.writes] == [f"/{ns}/session/bob@example.org/2"]
+    await alice.backend.store_session(a_session)  # not loaded since the restart: the keys record too
+    assert [(w.op, w.key) for w in alice.storage.writes] == [
+        ("store", f"/{ns}/session/bob@example.org/2"),
+        skipped2,
+    ]
 
 
 async def test_key_state_writes(alice: Device, bob: Device) -> None:
@@ -254,3 +299,72 @@ async def test_restart_on_sqlite(
     finally:
         for store in stores.values():
             store.close()
+
+
+class _Crash(Exception):
+    """The process 'dies' at a chosen write."""
+
+
+async def _decrypt_crashing_at_record(device: Device, peer: Device, enc: EncryptedKeyMaterial) -> None:
+    """Decrypt and store, with the storage 'dying' when the session record itself is written."""
+    session = await load(device, peer)
+    await device.backend.decrypt_key_material(session, enc)
+    inner_store = device.storage._store
+
+    async def store(key: str, value: object) -> None:
+        if "/session/" in key:
+            raise _Crash(key)
+        await inner_store(key, value)  # type: ignore[arg-type]
+
+    device.storage._store = store  # type: ignore[method-assign]
+    try:
+        with pytest.raises(_Crash):
+            await device.backend.store_session(session)
+    finally:
+        del device.storage._store
+
+
+async def test_crash_between_the_keys_record_and_the_session_record(alice: Device, bob: Device) -> None:
+    """Written without a transaction, the new skipped keys go first: a crash before the session record
+    leaves the old session with keys it derives again the same way, and nothing is lost."""
+    await establish(alice, bob)
+    a_session = await load(alice, bob)
+    sent = [await send(alice, bob, a_session, b"m%d" % i) for i in range(4)]
+    await alice.backend.store_session(a_session)
+    await _decrypt_crashing_at_record(bob, alice, sent[3][1])  # skips 0..2: keys record written, then dies
+    assert any("/session-skipped/" in w.key for w in bob.storage.writes)
+    bob.restart()
+    for i in (3, 1, 0, 2):  # the message again, then the skipped ones
+        message, enc, _ = sent[i]
+        session = await load(bob, alice)
+        plain = await bob.backend.decrypt_key_material(session, enc)
+        await bob.backend.store_session(session)
+        assert await bob.backend.decrypt_plaintext(message.content, plain) == b"m%d" % i
+    bob.restart()
+    assert (await load(bob, alice)).state.skipped == {}
+
+
+@pytest.mark.parametrize("damage", ["missing", "not base64", "cut"])
+async def test_damaged_keys_record(alice: Device, bob: Device, damage: str) -> None:
+    """A session whose skipped-keys record is gone or damaged is SessionDamaged, naming its key."""
+    from omemo.backend import SessionDamaged
+
+    await establish(alice, bob)
+    a_session = await load(alice, bob)
+    sent = [await send(alice, bob, a_session, b"m%d" % i) for i in range(3)]
+    b_session = await load(bob, alice)
+    await bob.backend.decrypt_key_material(b_session, sent[2][1])
+    await bob.backend.store_session(b_session)
+    key = f"/{bob.backend.namespace}/session-skipped/{alice.bare_jid}/{alice.device_id}"
+    inner = bob.storage.inner
+    if damage == "missing":
+        await inner.delete(key)
+    elif damage == "not base64":
+        await inner.store(key, "not base64 !")
+    else:
+        value = (await inner.load(key)).from_just()
+        assert isinstance(value, str)
+        await inner.store(key, value[:-8])
+    bob.restart()
+    with pytest.raises(SessionDamaged, match="session/"):
+        await load(bob, alice)

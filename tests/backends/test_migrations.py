@@ -366,6 +366,17 @@ async def check_sessions(vector: Vector, storage: MemoryStorage) -> None:
         check_ratchet(session, expected[prefix + "double_ratchet"])
 
 
+async def _with_skipped(storage: MemoryStorage, sessions: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    backend = oldmemo.Oldmemo(storage)
+    found = []
+    for jid, device_id in sessions:
+        session = await backend.load_session(jid, device_id)
+        assert isinstance(session, SessionImpl)
+        if session.state.skipped:
+            found.append((jid, device_id))
+    return found
+
+
 async def check_migrated(vector: Vector, legacy: DictLegacyStorage, storage: MemoryStorage) -> None:
     data = snap(storage)
     assert core_view(data) == core_view(vector.expected)
@@ -378,6 +389,11 @@ async def check_migrated(vector: Vector, legacy: DictLegacyStorage, storage: Mem
         f"/{NS}/session-jids",
         *(f"/{NS}/session-devices/{jid}" for jid in jids),
         *(f"/{NS}/session/{jid}/{device_id}" for jid, device_id in sessions),
+        # Skipped message keys are kept apart from their session's record.
+        *(
+            f"/{NS}/session-skipped/{jid}/{device_id}"
+            for jid, device_id in await _with_skipped(storage, sessions)
+        ),
     }
     assert sorted(data[f"/{NS}/session-jids"]) == sorted(jids)
     # Nothing reachable is left in the legacy storage.

@@ -61,7 +61,7 @@ CAROL = "carol@example.org"
 NAMESPACES = (NS_TWOMEMO, NS_OLDMEMO)
 BACKENDS: Dict[str, type[EngineBackend]] = {NS_TWOMEMO: twomemo.Twomemo, NS_OLDMEMO: oldmemo.Oldmemo}
 #: The names of our own records below /{namespace}/ (everything else there is the reference's).
-OUR_RECORDS = ("keys", "session/", "session-jids", "session-devices/", MARKER)
+OUR_RECORDS = ("keys", "session/", "session-skipped/", "session-jids", "session-devices/", MARKER)
 
 
 # -- the reference data ----------------------------------------------------------------------------

@@ -7,6 +7,8 @@ machine; the fuzz harness (test_fuzz.py) covers random bytes at the decoders.
 
 from __future__ import annotations
 
+import struct
+
 import nacl.bindings as sodium
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -214,6 +216,29 @@ def test_ratchet_state_round_trip(state: RatchetState) -> None:
     assert restored == state
     assert list(restored.skipped) == list(state.skipped)  # insertion order = eviction order
     assert restored.to_bytes() == record
+    # Kept apart: the record without the keys, and the keys on their own, give the same state back.
+    apart = RatchetState.from_bytes(state.to_bytes(with_skipped=False))
+    assert apart == state._replace(skipped={})
+    keys = ratchet.decode_skipped(ratchet.encode_skipped(state.skipped))
+    assert list(keys.items()) == list(state.skipped.items())
+    # The one-pack layout of the steady state is the general layout.
+    general = b"".join(
+        [
+            bytes(
+                (1, state.initiator | (state.other_ratchet_pub is not None) << 1, len(state.associated_data))
+            ),
+            state.associated_data,
+            state.root_key,
+            state.own_ratchet_priv,
+            state.own_ratchet_pub,
+            state.other_ratchet_pub or b"",
+            state.sending_chain_key or b"",
+            state.receiving_chain_key or b"",
+            struct.pack(">IIII", state.sending_n, state.receiving_n, state.previous_sending_n, 0),
+        ]
+    )
+    flags = (state.sending_chain_key is not None) << 2 | (state.receiving_chain_key is not None) << 3
+    assert state.to_bytes(with_skipped=False) == general[:1] + bytes((general[1] | flags,)) + general[2:]
 
 
 @SETTINGS

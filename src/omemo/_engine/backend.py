@@ -49,7 +49,7 @@ from omemo_engine.errors import (
 )
 from omemo_engine.errors import DuplicateMessage as EngineDuplicateMessage
 from omemo_engine.profile import Profile
-from omemo_engine.ratchet import RatchetState
+from omemo_engine.ratchet import RatchetState, decode_skipped, encode_skipped
 
 from .._runtime import Lock, lock_for_running_framework
 from ..backend import (
@@ -97,10 +97,18 @@ _TAG_LENGTH = 16
 #: Session records: version 1 stored the key exchange's pre key and signed pre key ids as signed
 #: 32-bit integers (-1: signed pre key id unknown); version 2 stores them unsigned, so that any
 #: uint32 id of another device fits, with the flag :data:`_SPK_ID_UNKNOWN`. Both are read.
+#: Version 3 is version 2 whose ratchet state leaves its skipped message keys out (flag
+#: :data:`_SKIPPED_APART`): they are kept under a key of their own (``session-skipped/JID/ID``), written
+#: only when they change, so that a session holding many of them costs the same per message as one
+#: holding none. A session without skipped keys is written as version 2, exactly as before.
 _SESSION_VERSION = 2
+_SESSION_VERSION_APART = 3
 _SESSION_HEADER = struct.Struct(">BBBII32s32sB")
 _SESSION_HEADER_V1 = struct.Struct(">BBBii32s32sB")
-_HAS_SPK, _HAS_PK, _SPK_ID_UNKNOWN = 1, 2, 4
+_HAS_SPK, _HAS_PK, _SPK_ID_UNKNOWN, _SKIPPED_APART = 1, 2, 4, 8
+#: The fields of a RatchetState before its last one, ``skipped``.
+_STATE_FIELDS_BUT_SKIPPED = len(RatchetState._fields) - 1
+assert RatchetState._fields[-1] == "skipped"
 
 
 # -- value classes exposed through the python-omemo API -------------------------------------------
@@ -391,15 +399,18 @@ class EngineSession(Session):
 
 
 def _encode_session(session: EngineSession) -> bytes:
+    """The session record; with skipped message keys, version 3 without them (stored apart)."""
     kex = session.key_exchange
     spk_id = kex.signed_pre_key_id
+    apart = bool(session.state.skipped)
     flags = (
         (kex.signed_pre_key is not None) * _HAS_SPK
         | (kex.pre_key is not None) * _HAS_PK
         | (spk_id == UNKNOWN_SPK_ID) * _SPK_ID_UNKNOWN
+        | apart * _SKIPPED_APART
     )
     head = _SESSION_HEADER.pack(
-        _SESSION_VERSION,
+        _SESSION_VERSION_APART if apart else _SESSION_VERSION,
         session.initiation is Initiation.PASSIVE,
         session.confirmed,
         kex.pre_key_id,
@@ -408,7 +419,8 @@ def _encode_session(session: EngineSession) -> bytes:
         kex.ephemeral_key,
         flags,
     )
-    return b"".join((head, kex.signed_pre_key or b"", kex.pre_key or b"", session.state.to_bytes()))
+    state = session.state.to_bytes(with_skipped=not apart)
+    return b"".join((head, kex.signed_pre_key or b"", kex.pre_key or b"", state))
 
 
 # -- the backend ------------------------------------------------------------------------------------
@@ -443,6 +455,8 @@ class EngineBackend(Backend):
         self._identity_priv = b""
         self._identity_curve = b""
         self._keys: Optional[KeyState] = None
+        #: The stored key state record as loaded but not decoded yet (see get_num_visible_pre_keys).
+        self._stored_keys: Optional[object] = None
         self._index: Optional[dict[str, list[int]]] = None
         self._sessions: OrderedDict[
             tuple[str, int], tuple[Initiation, bool, EngineKeyExchange, RatchetState]
@@ -481,8 +495,19 @@ class EngineBackend(Backend):
         return SignedPreKey(key_id, priv, pub, signature, int(self._clock()))
 
     async def _key_state(self) -> KeyState:
+        """The decoded key state: loaded (or, first, imported or generated) on the first call.
+
+        Raises:
+            InvalidState: the stored record is corrupt (on every call until it is repaired).
+        """
         if self._keys is None:
-            stored = (await self._storage.load(self._prefix + "keys")).maybe(None)
+            # A record already loaded by get_num_visible_pre_keys is decoded now; it is taken first, so
+            # that a corrupt record is read from the storage again by the next call, as before.
+            stored, self._stored_keys = self._stored_keys, None
+            if stored is None:
+                stored = (await self._storage.load(self._prefix + "keys")).maybe(None)
+                if self._keys is not None:  # loaded or changed by a concurrent call meanwhile: newer
+                    return self._keys
             if stored is not None:
                 self._keys = KeyState.from_json(stored)
             else:
@@ -562,21 +587,31 @@ class EngineBackend(Backend):
     async def _store_keys(self, keys: KeyState) -> None:
         await self._storage.store(self._prefix + "keys", keys.to_json())
         self._keys = keys
+        self._stored_keys = None
 
     # -- sessions ---------------------------------------------------------------------------------
 
     def _session_key(self, bare_jid: str, device_id: int) -> str:
         return f"{self._prefix}session/{bare_jid}/{device_id}"
 
-    def _decode_session(self, bare_jid: str, device_id: int, data: bytes) -> EngineSession:
+    def _skipped_key(self, bare_jid: str, device_id: int) -> str:
+        return f"{self._prefix}session-skipped/{bare_jid}/{device_id}"
+
+    def _decode_session(
+        self, bare_jid: str, device_id: int, data: bytes, skipped: Optional[bytes] = None
+    ) -> EngineSession:
+        """Decode a session record; ``skipped`` is the record of its skipped keys if it has them apart
+        (see :meth:`_skipped_apart`)."""
         try:
             version, passive, confirmed, pk_id, spk_id, ik, ek, flags = _SESSION_HEADER.unpack_from(data)
             if version == 1:
                 _, _, _, pk_id, spk_id, _, _, _ = _SESSION_HEADER_V1.unpack_from(data)
-            elif version != _SESSION_VERSION:
+            elif version not in (_SESSION_VERSION, _SESSION_VERSION_APART):
                 raise InvalidState(f"unknown session record version {version}")
-            elif flags & _SPK_ID_UNKNOWN:
+            if version != 1 and flags & _SPK_ID_UNKNOWN:
                 spk_id = UNKNOWN_SPK_ID
+            if bool(flags & _SKIPPED_APART) != (version == _SESSION_VERSION_APART):
+                raise InvalidState(f"session record of version {version} with flags 0x{flags:02x}")
             pos = _SESSION_HEADER.size
             spk = pk = None
             if flags & _HAS_SPK:
@@ -584,6 +619,10 @@ class EngineBackend(Backend):
             if flags & _HAS_PK:
                 pk, pos = data[pos : pos + 32], pos + 32
             state = RatchetState.from_bytes(data[pos:])
+            if flags & _SKIPPED_APART:
+                if skipped is None:
+                    raise InvalidState("the record of its skipped message keys is missing")
+                state = state._replace(skipped=decode_skipped(skipped))
         except struct.error:
             raise InvalidState("session record is truncated") from None
         kex = self.KEY_EXCHANGE(ik, ek, spk_id, pk_id, spk, pk)
@@ -605,11 +644,23 @@ class EngineBackend(Backend):
             if data is None:
                 return None
         try:
-            session = self._decode_session(bare_jid, device_id, data)
+            skipped = None
+            if self._skipped_apart(data):
+                key = self._skipped_key(bare_jid, device_id)
+                try:
+                    skipped = (await self._storage.load_bytes(key)).maybe(None)
+                except TypeError as exc:  # not a base64 string: changed outside this library
+                    raise InvalidState(f"the record of its skipped message keys is damaged ({exc})") from None
+            session = self._decode_session(bare_jid, device_id, data, skipped)
         except InvalidState as exc:
             raise self._damaged(bare_jid, device_id, exc) from None
         self._remember(session)
         return session
+
+    @staticmethod
+    def _skipped_apart(data: bytes) -> bool:
+        """Whether a session record keeps its skipped message keys under a key of their own."""
+        return len(data) >= _SESSION_HEADER.size and data[0] == _SESSION_VERSION_APART
 
     async def _load_session_record(self, bare_jid: str, device_id: int) -> Optional[bytes]:
         try:
@@ -646,6 +697,7 @@ class EngineBackend(Backend):
         """
         self._sessions.clear()
         self._keys = None
+        self._stored_keys = None
         self._index = None
 
     async def _session_index(self) -> dict[str, list[int]]:
@@ -658,15 +710,45 @@ class EngineBackend(Backend):
         return self._index
 
     async def store_session(self, session: Session) -> None:
+        """Persist a session: its record, and its skipped message keys apart if it has any.
+
+        The skipped keys are written only when they changed since the session was loaded or stored
+        (one write per message in the steady state however many the session holds). Written without a
+        storage transaction, the two writes are ordered so that a crash between them leaves a usable
+        session: new skipped keys are written BEFORE the record that refers to them (a crash in between
+        leaves the old state plus keys that the old state derives again in the same way), and the keys
+        record is deleted only AFTER a record that no longer refers to it.
+        """
         assert isinstance(session, self.SESSION)
         key = (session.bare_jid, session.device_id)
+        state = session.state
+        skipped = state.skipped
+        cached = self._sessions.get(key)
+        known = cached[3].skipped if cached is not None else None
+        storage = self._storage
         try:
-            await self._storage.store_bytes(self._session_key(*key), _encode_session(session))
+            if (
+                known  # so the stored record keeps the skipped keys apart
+                and cached is not None
+                and cached[2] is session.key_exchange
+                and cached[1] == session.confirmed
+                and cached[0] is session.initiation
+                and cached[3][:_STATE_FIELDS_BUT_SKIPPED] == state[:_STATE_FIELDS_BUT_SKIPPED]
+            ):
+                # Only skipped keys changed (one was used): the record stays as it is.
+                if skipped is not known:
+                    await storage.store_bytes(self._skipped_key(*key), encode_skipped(skipped))
+            else:
+                if skipped and skipped is not known:
+                    await storage.store_bytes(self._skipped_key(*key), encode_skipped(skipped))
+                await storage.store_bytes(self._session_key(*key), _encode_session(session))
+                if not skipped and (known is None or known):  # there were skipped keys, or maybe
+                    await storage.delete(self._skipped_key(*key))
         except BaseException:
             self._sessions.pop(key, None)
             raise
         self._remember(session)
-        index = await self._session_index()
+        index = self._index if self._index is not None else await self._session_index()
         devices = index.get(session.bare_jid)
         if devices is None or session.device_id not in devices:
             if devices is None:
@@ -905,6 +987,30 @@ class EngineBackend(Backend):
             await self._store_keys(replace(keys, hidden_pre_keys={}))
 
     async def get_num_visible_pre_keys(self) -> int:
+        """The number of visible pre keys.
+
+        Before the key state is needed otherwise (e.g. when ``SessionManager.create`` checks whether to
+        refill), the count is read off the stored record without decoding it (see
+        :meth:`KeyState.count_visible_pre_keys`); the record is kept and decoded on first use, where
+        damage that the count does not see raises ``InvalidState``.
+
+        Raises:
+            InvalidState: the stored key state is corrupt.
+        """
+        if self._keys is None:
+            stored = self._stored_keys
+            if stored is None:
+                stored = (await self._storage.load(self._prefix + "keys")).maybe(None)
+                if self._keys is None:  # not decoded or changed by a concurrent call meanwhile
+                    self._stored_keys = stored
+            if stored is not None and self._keys is None:
+                try:
+                    count = KeyState.count_visible_pre_keys(stored)
+                except InvalidState:
+                    self._stored_keys = None  # read again next time, like a record that fails to decode
+                    raise
+                if count is not None:
+                    return count
         return len((await self._key_state()).pre_keys)
 
     async def generate_pre_keys(self, num_pre_keys: int) -> None:
@@ -965,6 +1071,7 @@ class EngineBackend(Backend):
             existed = True  # deleted all the same
         self._sessions.pop((bare_jid, device_id), None)
         await self._storage.delete(self._session_key(bare_jid, device_id))
+        await self._storage.delete(self._skipped_key(bare_jid, device_id))
         if device_id in devices:
             devices.remove(device_id)
             await self._storage.store(f"{self._prefix}session-devices/{bare_jid}", list(devices))
@@ -974,4 +1081,5 @@ class EngineBackend(Backend):
         for device_id in index.pop(bare_jid):
             self._sessions.pop((bare_jid, device_id), None)
             await self._storage.delete(self._session_key(bare_jid, device_id))
+            await self._storage.delete(self._skipped_key(bare_jid, device_id))
         await self._storage.delete(f"{self._prefix}session-devices/{bare_jid}")
