@@ -252,11 +252,14 @@ def lock_for_running_framework() -> Lock:
 
 
 class _Entry:
+    """A key's holders and waiters. ``lock`` is made only when a second user comes: an uncontended key
+    (nearly always) is held without any lock object, so taking and giving it back costs no coroutine."""
+
     __slots__ = ("lock", "users")
 
-    def __init__(self, lock: Lock) -> None:
-        self.lock = lock
-        self.users = 0
+    def __init__(self) -> None:
+        self.lock: Lock | None = None
+        self.users = 1
 
 
 class KeyedLocks(Generic[KeyT]):
@@ -272,17 +275,35 @@ class KeyedLocks(Generic[KeyT]):
     def __len__(self) -> int:
         return len(self._entries)
 
-    def _enter(self, key: KeyT) -> _Entry:
+    async def _acquire(self, key: KeyT) -> _Entry:
+        """Take the key's lock, waiting for its holder if there is one."""
         entry = self._entries.get(key)
-        if entry is None:
-            entry = self._entries[key] = _Entry(self._runtime.new_lock())
+        if entry is None:  # nobody holds or waits for it: held at once, without a lock object
+            entry = self._entries[key] = _Entry()
+            return entry
         entry.users += 1
+        try:
+            lock = entry.lock
+            if lock is None:
+                # The holder took the key without a lock object: make one, taken on the holder's behalf
+                # (a fresh lock is taken without suspending), which the holder gives back on release.
+                lock = entry.lock = self._runtime.new_lock()
+                await lock.acquire()
+            await lock.acquire()
+        except BaseException:
+            self._leave(key, entry)
+            raise
         return entry
 
     def _leave(self, key: KeyT, entry: _Entry) -> None:
         entry.users -= 1
         if entry.users == 0:
             del self._entries[key]
+
+    def _release(self, key: KeyT, entry: _Entry) -> None:
+        if entry.lock is not None:
+            entry.lock.release()
+        self._leave(key, entry)
 
     def hold(self, *keys: KeyT) -> _Held[KeyT]:
         """Hold the locks of all ``keys`` (duplicates ignored) for the body of an ``async with``.
@@ -310,17 +331,13 @@ class _Held(Generic[KeyT]):
 
     async def __aenter__(self) -> None:
         keys = self._keys
-        unique = keys if len(keys) == 1 else sorted(dict.fromkeys(keys))
         table = self._table
+        if len(keys) == 1:
+            self._held.append((keys[0], await table._acquire(keys[0])))
+            return
         try:
-            for key in unique:
-                entry = table._enter(key)
-                try:
-                    await entry.lock.acquire()
-                except BaseException:
-                    table._leave(key, entry)
-                    raise
-                self._held.append((key, entry))
+            for key in sorted(dict.fromkeys(keys)):
+                self._held.append((key, await table._acquire(key)))
         except BaseException:
             self._release()
             raise
@@ -331,5 +348,4 @@ class _Held(Generic[KeyT]):
     def _release(self) -> None:
         held, self._held = self._held, []
         for key, entry in reversed(held):
-            entry.lock.release()
-            self._table._leave(key, entry)
+            self._table._release(key, entry)

@@ -65,6 +65,9 @@ def _shallow_clone(value: Any) -> Any:
     return value.copy()
 
 
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
 def _json_clone(value: Any, key: str) -> Any:
     """Validate a value as JSON and return a fresh plain-JSON copy of it.
 
@@ -503,7 +506,8 @@ class Storage(ABC):
         """
         if not isinstance(value, bytes):
             raise TypeError(f"store_bytes({key!r}) expects bytes, got {type(value).__name__}")
-        await self.store(key, base64.urlsafe_b64encode(value).decode("ascii"))
+        # base64.urlsafe_b64encode without its Python layers (this runs on every session write).
+        await self.store(key, binascii.b2a_base64(value, newline=False).translate(_URLSAFE).decode("ascii"))
 
     async def load_primitive(self, key: str, primitive: Type[PrimitiveTypeT]) -> Maybe[PrimitiveTypeT]:
         """Load a primitive value and check its type.

@@ -21,7 +21,7 @@ from __future__ import annotations
 import pytest
 
 from omemo_engine import xeddsa
-from omemo_engine._primitives import hkdf_sha256, hmac_sha256, x25519, x25519_public
+from omemo_engine._primitives import chain_step, hkdf_sha256, hmac_sha256, x25519, x25519_public
 from omemo_engine.errors import InvalidSignature
 
 
@@ -189,3 +189,15 @@ def test_rfc5869_hkdf_sha256(ikm: str, salt: str, info: str, length: int, prk: s
     # HKDF-Extract: PRK = HMAC-Hash(salt, IKM); an empty salt means HashLen zero bytes.
     assert hmac_sha256(h(salt) or bytes(32), h(ikm)) == h(prk)
     assert hkdf_sha256(h(ikm), h(salt), h(info), length) == h(okm)
+
+
+# RFC 4231 test case 2 (HMAC-SHA-256 with key "Jefe"), and the chain step's two HMACs with one key.
+def test_rfc4231_hmac_sha256() -> None:
+    expected = "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+    assert hmac_sha256(b"Jefe", b"what do ya want for nothing?") == h(expected)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_chain_step_is_two_hmacs(seed: int) -> None:
+    chain_key = bytes((seed * 37 + i) % 256 for i in range(32))
+    assert chain_step(chain_key) == (hmac_sha256(chain_key, b"\x01"), hmac_sha256(chain_key, b"\x02"))

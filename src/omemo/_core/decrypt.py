@@ -224,10 +224,10 @@ async def decrypt(
     is stored; an exception it raises propagates and leaves the storage as it was, like a bad MAC.
     """
     namespace, bare_jid, device_id = message.namespace, message.bare_jid, message.device_id
-    who = describe(namespace, bare_jid, device_id)
     try:
         backend = core.backend(namespace)
     except UnknownNamespace as exc:
+        who = describe(namespace, bare_jid, device_id)
         raise UnknownNamespace(f"cannot decrypt the message from {who}: {exc}") from exc
     encrypted, key_exchange = _own_key(core, message)
     if core.dirty_bundles:
@@ -236,6 +236,7 @@ async def decrypt(
     async with core.session_locks.hold((namespace, bare_jid, device_id)):
         device = await sender_information(core, namespace, bare_jid, device_id)
         if await core.evaluate(device) is TrustLevel.DISTRUSTED:
+            who = describe(namespace, bare_jid, device_id)
             raise SenderDistrusted(f"the identity key of {who} is distrusted")
 
         try:
@@ -243,11 +244,13 @@ async def decrypt(
             if key_exchange is None:
                 existing = await backend.load_session(bare_jid, device_id)
                 if existing is None:
+                    who = describe(namespace, bare_jid, device_id)
                     raise NoSession(f"no session with {who}, and the message does not initiate one")
                 session = existing
                 plain_key_material = await backend.decrypt_key_material(session, encrypted)
             else:
                 if key_exchange.identity_key != device.identity_key:
+                    who = describe(namespace, bare_jid, device_id)
                     raise PublicDataInconsistency(
                         f"the key exchange from {who} carries another identity key than the device's bundle"
                     )
@@ -274,6 +277,7 @@ async def decrypt(
             else:
                 plaintext = await backend.decrypt_plaintext(message.content, plain_key_material)
         except (TooManySkippedMessageKeys, KeyExchangeFailed, DecryptionFailed) as exc:
+            who = describe(namespace, bare_jid, device_id)
             restored = _restored_backup(core, (namespace, bare_jid, device_id), encrypted, exc, who)
             if restored is not None:
                 raise restored from exc
@@ -315,6 +319,7 @@ async def decrypt(
             record = await core.devices.load(bare_jid, device_id)
         await note_heard(core, namespace, session, sending, record)
         if owed:
+            who = describe(namespace, bare_jid, device_id)
             _log.debug("owing an empty message to %s (key exchange: %s)", who, key_exchange is not None)
             await core.owe_empty_message(backend, session, prepared)
     return plaintext, device, plain_key_material

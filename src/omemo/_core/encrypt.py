@@ -39,7 +39,7 @@ from .errors import (
     StillUndecided,
     UnknownNamespace,
 )
-from .hygiene import is_stale
+from .hygiene import hook_overridden, is_stale
 from .state import BUNDLE_ERRORS, Core, describe
 
 __all__ = ["encrypt"]
@@ -66,6 +66,8 @@ def _candidate_namespaces(device: DeviceInformation, order: List[str]) -> List[s
 async def _decide_trust(core: Core, targets: List[_Target], identifier: Optional[str]) -> List[_Target]:
     """Returns: the targets whose trust evaluates to TRUSTED, after at most one trust decision."""
     levels = [await core.evaluate(device) for device, _ in targets]
+    if TrustLevel.UNDECIDED not in levels:  # the common case
+        return [target for target, level in zip(targets, levels, strict=True) if level is TrustLevel.TRUSTED]
     undecided = [
         device for (device, _), level in zip(targets, levels, strict=True) if level is TrustLevel.UNDECIDED
     ]
@@ -149,6 +151,9 @@ async def _encrypt_for_backend(
 ) -> List[DeviceInformation]:
     """Encrypt for the devices of one backend (session locks held) into ``batch``. Nothing is stored.
 
+    Devices with a session are encrypted for in one pass (the common case: no list is built for them);
+    the bundles of the others are then downloaded concurrently and their sessions built.
+
     Returns:
         The devices that failed with a non-critical error (recorded in ``errors``), so that another
         namespace can be tried for them.
@@ -158,24 +163,27 @@ async def _encrypt_for_backend(
         batch.content, batch.plain_key_material = await backend.encrypt_plaintext(plaintext)
     plain_key_material = batch.plain_key_material
     assert plain_key_material is not None
-    sessions: Dict[Tuple[str, int], Optional[Session]] = {}
     failed: List[DeviceInformation] = []
-    for device, _ in targets:
-        try:
-            sessions[(device.bare_jid, device.device_id)] = await backend.load_session(
-                device.bare_jid, device.device_id
-            )
-        except SessionDamaged as exc:  # this device only; another namespace may have a usable session
-            _log.warning("skipping %s: %s", describe(namespace, device.bare_jid, device.device_id), exc)
-            errors.append(EncryptionError(namespace, device.bare_jid, device.device_id, exc))
-            failed.append(device)
-    targets = [target for target in targets if (target[0].bare_jid, target[0].device_id) in sessions]
-    needed = [target for target in targets if sessions[(target[0].bare_jid, target[0].device_id)] is None]
-    bundles = await _fetch_bundles(core, needed, cached) if needed else {}
-    for device, _ in targets:
+    needed: List[_Target] = []
+    magic = core.manager.STALENESS_MAGIC_NUMBER
+    overridden = hook_overridden(core)
+    for target in targets:
+        device = target[0]
         jid, device_id = device.bare_jid, device.device_id
-        session = sessions[(jid, device_id)]
-        if session is not None and await is_stale(core, jid, device_id, namespace, session):
+        try:
+            session = await backend.load_session(jid, device_id)
+        except SessionDamaged as exc:  # this device only; another namespace may have a usable session
+            _log.warning("skipping %s: %s", describe(namespace, jid, device_id), exc)
+            errors.append(EncryptionError(namespace, jid, device_id, exc))
+            failed.append(device)
+            continue
+        if session is None:
+            needed.append(target)
+            continue
+        # The staleness rule costs nothing for a device that answered recently (a short sending chain).
+        if (overridden or session.sending_chain_length > magic) and await is_stale(
+            core, jid, device_id, namespace, session
+        ):
             # Not tried in another namespace: the device stopped answering, whichever it uses.
             who = describe(namespace, jid, device_id)
             _log.debug("not encrypting for stale %s", who)
@@ -186,29 +194,42 @@ async def _encrypt_for_backend(
             errors.append(EncryptionError(namespace, jid, device_id, reason))
             continue
         try:
-            if session is None:
-                bundle = bundles[(namespace, jid, device_id)]
-                if isinstance(bundle, Exception):
-                    raise bundle
-                assert isinstance(bundle, Bundle)
-                session, encrypted = await backend.build_session_active(
-                    jid, device_id, bundle, plain_key_material
-                )
-            else:
-                encrypted = await backend.encrypt_key_material(session, plain_key_material)
+            encrypted = await backend.encrypt_key_material(session, plain_key_material)
         except (*BUNDLE_ERRORS, KeyExchangeFailed) as exc:
             _log.info("cannot encrypt for %s: %s", describe(namespace, jid, device_id), exc)
             errors.append(EncryptionError(namespace, jid, device_id, exc))
             failed.append(device)
             continue
-        key_exchange = (
-            session.key_exchange
-            if session.initiation is Initiation.ACTIVE and not session.confirmed
-            else None
-        )
-        batch.keys.add((encrypted, key_exchange))
-        batch.touched.append(session)
+        _add_key(batch, session, encrypted)
+    if not needed:
+        return failed
+    bundles = await _fetch_bundles(core, needed, cached)
+    for device, _ in needed:
+        jid, device_id = device.bare_jid, device.device_id
+        try:
+            bundle = bundles[(namespace, jid, device_id)]
+            if isinstance(bundle, Exception):
+                raise bundle
+            assert isinstance(bundle, Bundle)
+            session, encrypted = await backend.build_session_active(
+                jid, device_id, bundle, plain_key_material
+            )
+        except (*BUNDLE_ERRORS, KeyExchangeFailed) as exc:
+            _log.info("cannot encrypt for %s: %s", describe(namespace, jid, device_id), exc)
+            errors.append(EncryptionError(namespace, jid, device_id, exc))
+            failed.append(device)
+            continue
+        _add_key(batch, session, encrypted)
     return failed
+
+
+def _add_key(batch: _Batch, session: Session, encrypted: EncryptedKeyMaterial) -> None:
+    """Add a device's key (with the key exchange while the session is not confirmed) to ``batch``."""
+    key_exchange = (
+        session.key_exchange if session.initiation is Initiation.ACTIVE and not session.confirmed else None
+    )
+    batch.keys.add((encrypted, key_exchange))
+    batch.touched.append(session)
 
 
 async def _discover(core: Core, bare_jid: str) -> None:
@@ -273,43 +294,42 @@ async def encrypt(
         infos.update(zip(incomplete, fetched, strict=True))
     cached: Dict[Tuple[str, str, int], Bundle] = {}
     targets: List[_Target] = []
+    # The namespaces each device can be encrypted for, best first: the first is tried, the others are
+    # the fallbacks (a device whose session cannot be built in its first namespace, because its bundle
+    # there is missing or unusable, falls back to the next namespace of the order in which it is active
+    # and for which a plaintext was given: one bad bundle must not hide a device another one reaches).
+    fallbacks: Dict[Tuple[str, int], List[str]] = {}
+    own_jid, own_id = core.own_bare_jid, core.own_device_id
     for jid in recipients:
         devices, bundles = infos[jid]
         for (bundle_namespace, device_id), bundle in bundles.items():
             cached[(bundle_namespace, jid, device_id)] = bundle
-        for device in sorted(devices, key=_sort_key):
-            if jid == core.own_bare_jid and device.device_id == core.own_device_id:
+        for device in sorted(devices, key=_sort_key) if len(devices) > 1 else devices:
+            if device.device_id == own_id and jid == own_jid:
                 continue
-            candidates = [ns for ns in _candidate_namespaces(device, order) if ns in plaintext]
+            active = _candidate_namespaces(device, order)
+            candidates = [ns for ns in active if ns in plaintext]
             if not candidates:
-                candidates = _candidate_namespaces(device, order)  # reported as missing plaintext below
-            elif answer_in_last_namespace and len(candidates) > 1:
+                if active:  # reported as missing plaintext below
+                    targets.append((device, active[0]))
+                continue
+            if answer_in_last_namespace and len(candidates) > 1:
                 # A device is answered in the namespace it last wrote in, if that is one of the order.
                 last = (await core.devices.load(jid, device.device_id)).last_namespace
                 if last in candidates[1:]:
                     candidates.remove(last)
                     candidates.insert(0, last)
-            if candidates:
-                targets.append((device, candidates[0]))
+            targets.append((device, candidates[0]))
+            fallbacks[(jid, device.device_id)] = candidates[1:]
 
     targets = await _decide_trust(core, targets, identifier)
 
-    used = [ns for ns in core.namespaces() if any(target[1] == ns for target in targets)]
-    missing = [ns for ns in used if ns not in plaintext]
+    missing = [ns for ns in core.namespaces() if ns not in plaintext and any(t[1] == ns for t in targets)]
     if missing:
         raise ValueError(
             f"no plaintext given for the namespace(s) {', '.join(missing)} needed by the recipients"
         )
 
-    # A device whose session cannot be built in its first namespace (its bundle there is missing or
-    # unusable) falls back to the next namespace of the order in which it is active and for which a
-    # plaintext was given: one bad bundle must not hide a device that another namespace reaches.
-    fallbacks = {
-        (device.bare_jid, device.device_id): [
-            ns for ns in _candidate_namespaces(device, order) if ns in plaintext and ns != first
-        ]
-        for device, first in targets
-    }
     errors: List[EncryptionError] = []
     batches: Dict[str, _Batch] = {}
     lock_keys = [

@@ -21,6 +21,7 @@ __all__ = [
     "device_activity",
     "forget_device",
     "health_report",
+    "hook_overridden",
     "is_stale",
     "note_heard",
     "propose_own_cleanup",
@@ -55,7 +56,7 @@ def unanswered(record: DeviceRecord, namespace: str, sending_chain_length: int) 
     return sending_chain_length - baseline if sending_chain_length >= baseline else sending_chain_length
 
 
-def _overridden(core: Core) -> bool:
+def hook_overridden(core: Core) -> bool:
     """Whether the application overrides ``_is_stale`` (else the default rule decides without a call)."""
     return not getattr(type(core.manager)._is_stale, DEFAULT_HOOK_MARK, False)
 
@@ -89,7 +90,7 @@ async def is_stale(core: Core, bare_jid: str, device_id: int, namespace: str, se
     The common case costs nothing: a device that answered recently has a short sending chain, and unless
     the application overrides ``_is_stale``, nothing else is looked at.
     """
-    overridden = _overridden(core)
+    overridden = hook_overridden(core)
     if not overridden and session.sending_chain_length <= core.manager.STALENESS_MAGIC_NUMBER:
         return False
     record = await core.devices.load(bare_jid, device_id)
@@ -111,8 +112,8 @@ async def note_heard(
     now = core.clock()
     if record.last_heard is None or now - record.last_heard >= HEARD_PRECISION:
         await core.devices.store_time(bare_jid, device_id, "last_heard", now)
-    answered = dict(record.answered or {})
-    if answered.get(namespace, 0) != sending:
+    if (record.answered or {}).get(namespace, 0) != sending:  # rarely: no copy in the common case
+        answered = dict(record.answered or {})
         if sending:
             answered[namespace] = sending
         else:
