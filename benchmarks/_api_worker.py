@@ -13,9 +13,15 @@ Modes:
   [sample, ...]}}`` (times in µs; storage rows in writes or bytes) or ``{"ok": false, "error":
   TRACEBACK}``. ``{"group": "hello"}`` answers with the interpreter and the package locations.
   Anything the libraries print goes to stderr.
+  A request may carry ``"sizes"``: the sizes of the ``scale`` group (:data:`SCALE_SIZES` is the
+  default, the full run's; ``--quick`` sends tiny ones).
 - ``--profile GROUP --namespace NS [--rows ROW ...] [--samples N] [--top K]``: run one group with
   :mod:`cProfile` switched on during the timed sections only (of the given rows, or all), after one
   untimed warm-up sample, and print the statistics (cumulative) to stdout.
+
+The ``scale`` group (costs at scale: fan-out to 1,000 devices, a gap of 1,000 skipped messages, steady
+state after 10,000 messages or with 1,000 stored skipped keys) is asked of our stack only; it runs
+under either interpreter, but the reference would take too long.
 
 The simulated world: device lists and bundles live in dicts (bundles as the objects the owner
 uploaded, i.e. "already downloaded"); messages are handed over as ``omemo.Message`` objects, except
@@ -60,6 +66,20 @@ TRUSTED = "trusted"
 PLAINTEXT = b"Benchmark message with a typical chat length: about a hundred bytes of UTF-8 text......"
 FAN_OUT_SIZES = (10, 100)
 SKIPPED = 500
+
+# Sizes of the ``scale`` group: fan-out device counts (the largest is also timed as one encrypt), the
+# gap before the decrypt after skipped messages, the messages exchanged before a steady-state
+# measurement and the skipped keys each side's session holds during one. The driver sends its own.
+SCALE_SIZES: Dict[str, Any] = {
+    "fan_out": [10, 100, 1000],
+    "skip_gap": 1000,
+    "exchanged": [0, 1000, 10000],
+    "skipped": [0, 100, 1000],
+}
+SCALE: List[Dict[str, Any]] = [SCALE_SIZES]
+# Steady-state messages of the scale group per requested sample, and untimed ones after each restore.
+SCALE_MESSAGES_PER_SAMPLE = 10
+SCALE_WARM_UP = 3
 
 T = TypeVar("T")
 Rows = Dict[str, List[float]]
@@ -205,12 +225,25 @@ def manager_class(xmpp: Xmpp, jid: str) -> Type[omemo.SessionManager]:
     return Manager
 
 
-def make_backend(namespace: str, storage: omemo.Storage) -> omemo.Backend:
-    """Returns: the backend of ``namespace`` on ``storage`` (default limits)."""
+def make_backend(namespace: str, storage: omemo.Storage, max_skipped: Optional[int] = None) -> omemo.Backend:
+    """Returns: the backend of ``namespace`` on ``storage``.
+
+    Args:
+        namespace: the backend's namespace.
+        storage: its storage.
+        max_skipped: ``max_num_per_session_skipped_keys`` and ``max_num_per_message_skipped_keys``
+            both, or ``None`` for the defaults (1,000 per session, as many per message).
+    """
+    limits: Dict[str, int] = {}
+    if max_skipped is not None:
+        limits = {
+            "max_num_per_session_skipped_keys": max_skipped,
+            "max_num_per_message_skipped_keys": max_skipped,
+        }
     if namespace == TWOMEMO_NS:
-        return twomemo.Twomemo(storage)
+        return twomemo.Twomemo(storage, **limits)
     if namespace == OLDMEMO_NS:
-        return oldmemo.Oldmemo(storage)
+        return oldmemo.Oldmemo(storage, **limits)
     raise ValueError(f"unknown namespace {namespace!r}")
 
 
@@ -225,9 +258,14 @@ class Account:
 
 
 async def _create(
-    xmpp: Xmpp, jid: str, namespaces: List[str], storage: JSONTextStorage, samples: Optional[List[float]]
+    xmpp: Xmpp,
+    jid: str,
+    namespaces: List[str],
+    storage: JSONTextStorage,
+    samples: Optional[List[float]],
+    max_skipped: Optional[int] = None,
 ) -> Account:
-    backends = [make_backend(namespace, storage) for namespace in namespaces]
+    backends = [make_backend(namespace, storage, max_skipped) for namespace in namespaces]
     cls = manager_class(xmpp, jid)
     coroutine = cls.create(backends, storage, jid, None, TRUSTED)
     sm = await (coroutine if samples is None else timed(samples, coroutine))
@@ -244,6 +282,7 @@ async def new_account(
     namespaces: List[str],
     data: Optional[Dict[str, str]] = None,
     samples: Optional[List[float]] = None,
+    max_skipped: Optional[int] = None,
 ) -> Account:
     """Create (or reload from ``data``) an account; its ``create()`` is timed into ``samples`` if given.
 
@@ -253,11 +292,12 @@ async def new_account(
         namespaces: the backends to load, by namespace, in priority order.
         data: a storage snapshot to reload, or ``None`` for a new device.
         samples: where to append the time of ``create()`` (µs), or ``None``.
+        max_skipped: the backends' skipped-key limits (see :func:`make_backend`), ``None``: defaults.
 
     Returns:
         The account, after ``after_history_sync()``, registered as the current device of ``jid``.
     """
-    return await _create(xmpp, jid, namespaces, JSONTextStorage(data), samples)
+    return await _create(xmpp, jid, namespaces, JSONTextStorage(data), samples, max_skipped)
 
 
 async def introduce(account: Account, namespace: str, jids: List[str]) -> None:
@@ -284,10 +324,12 @@ def _check(result: Tuple[Optional[bytes], Any, Any]) -> None:
         raise RuntimeError(f"decryption returned {result[0]!r}")
 
 
-async def make_pair(xmpp: Xmpp, namespace: str, prefix: str) -> Tuple[Account, Account]:
+async def make_pair(
+    xmpp: Xmpp, namespace: str, prefix: str, max_skipped: Optional[int] = None
+) -> Tuple[Account, Account]:
     """Returns: two accounts with a confirmed session (first message and its automatic reply done)."""
-    alice = await new_account(xmpp, f"{prefix}-alice@bench.example", [namespace])
-    bob = await new_account(xmpp, f"{prefix}-bob@bench.example", [namespace])
+    alice = await new_account(xmpp, f"{prefix}-alice@bench.example", [namespace], max_skipped=max_skipped)
+    bob = await new_account(xmpp, f"{prefix}-bob@bench.example", [namespace], max_skipped=max_skipped)
     await introduce(alice, namespace, [bob.jid])
     await introduce(bob, namespace, [alice.jid])
     _check(await bob.sm.decrypt(await encrypt(alice, [bob.jid], namespace)))
@@ -356,7 +398,7 @@ def _rows(*names: str) -> Rows:
 # Scenario groups. Each takes the namespace and a sample count and returns samples per row.
 # State that is expensive to build is cached per worker process in _CACHE (reused across rounds).
 
-_CACHE: Dict[Tuple[str, str], Any] = {}
+_CACHE: Dict[Tuple[Any, ...], Any] = {}
 
 
 async def _shutdown(*accounts: Account) -> None:
@@ -563,6 +605,229 @@ async def _parse_legacy_messages(element: Element, sender: Account, recipient: A
         await oldmemo_etree.parse_message(element, sender.jid, recipient.jid, recipient.sm)
 
 
+# --------------------------------------------------------------------------------------------------
+# Costs at scale (ours only: the driver does not ask the reference, it would take too long)
+
+
+def scale_limit(sizes: Dict[str, Any]) -> int:
+    """Returns: the skipped-key limits of every account of the scale group (per session and per
+    message): twice the largest gap or stored count, and never below the default of 1,000."""
+    return max(1000, 2 * max(int(sizes["skip_gap"]), *(int(k) for k in sizes["skipped"])))
+
+
+def scale_point_name(exchanged: int, skipped: int) -> str:
+    """Returns: the row prefix of a steady-state point of the scale group (the driver uses the same rule).
+
+    ``scale_after_{exchanged}`` without stored skipped keys, ``scale_skipped_{skipped}`` with them (after
+    no messages but the setup's).
+    """
+    return f"scale_after_{exchanged}" if skipped == 0 else f"scale_skipped_{skipped}"
+
+
+_SCALE_STEADY_ROWS = ("encrypt", "decrypt", "total", "encrypt_bytes", "decrypt_bytes", "bytes")
+
+
+async def _one_way(xmpp: Xmpp, sender: Account, recipient: Account, namespace: str) -> None:
+    _check(await recipient.sm.decrypt(await encrypt(sender, [recipient.jid], namespace)))
+    await xmpp.deliver()
+
+
+async def _lose_then_deliver(
+    xmpp: Xmpp, sender: Account, recipient: Account, namespace: str, lost: int
+) -> None:
+    for _ in range(lost):
+        await encrypt(sender, [recipient.jid], namespace)  # never delivered
+    await _one_way(xmpp, sender, recipient, namespace)
+
+
+async def _scale_states(
+    namespace: str, sizes: Dict[str, Any]
+) -> Dict[Tuple[int, int], Tuple[Xmpp, str, str, Dict[str, str], Dict[str, str]]]:
+    """The steady-state points: storage snapshots of a pair, by (messages exchanged, skipped keys).
+
+    Messages exchanged: one pair sends ``exchanged`` messages from alice to bob (each delivered, the
+    automatic messages too), with a snapshot at each point. Skipped keys: a new pair; alice sends
+    ``skipped`` messages that are lost and one that bob decrypts, then bob does the same towards
+    alice, then alice sends one more: each side's session holds ``skipped`` stored keys.
+    Built once per worker and namespace (and sizes).
+    """
+    limit = scale_limit(sizes)
+    key = ("scale_states", namespace, json.dumps(sizes, sort_keys=True))
+    if key not in _CACHE:
+        states: Dict[Tuple[int, int], Tuple[Xmpp, str, str, Dict[str, str], Dict[str, str]]] = {}
+        xmpp = Xmpp()
+        alice, bob = await make_pair(xmpp, namespace, "scale-exchanged", limit)
+        done = 0
+        for exchanged in sorted(int(e) for e in sizes["exchanged"]):
+            for _ in range(exchanged - done):
+                await _one_way(xmpp, alice, bob, namespace)
+            done = exchanged
+            states[(exchanged, 0)] = (
+                xmpp,
+                alice.jid,
+                bob.jid,
+                alice.storage.snapshot(),
+                bob.storage.snapshot(),
+            )
+        await _shutdown(alice, bob)
+        for skipped in sorted(int(k) for k in sizes["skipped"] if int(k) > 0):
+            xmpp = Xmpp()
+            alice, bob = await make_pair(xmpp, namespace, f"scale-skipped{skipped}", limit)
+            await _lose_then_deliver(xmpp, alice, bob, namespace, skipped)
+            await _lose_then_deliver(xmpp, bob, alice, namespace, skipped)
+            await _one_way(xmpp, alice, bob, namespace)
+            await _shutdown(alice, bob)
+            states[(0, skipped)] = (
+                xmpp,
+                alice.jid,
+                bob.jid,
+                alice.storage.snapshot(),
+                bob.storage.snapshot(),
+            )
+        _CACHE[key] = states
+    result: Dict[Tuple[int, int], Tuple[Xmpp, str, str, Dict[str, str], Dict[str, str]]] = _CACHE[key]
+    return result
+
+
+async def _scale_steady(namespace: str, sizes: Dict[str, Any], messages: int, rows: Rows) -> None:
+    """Steady one-way messages at every point: the devices of each point restored from its snapshots
+    (on a copy of its server), a few untimed messages (they load the sessions), then ``messages`` timed
+    ones per point, INTERLEAVED (one message of each point in turn), with the bytes written."""
+    limit = scale_limit(sizes)
+    pairs: List[Tuple[str, Xmpp, Account, Account]] = []
+    for (exchanged, skipped), state in (await _scale_states(namespace, sizes)).items():
+        server, alice_jid, bob_jid, alice_data, bob_data = state
+        xmpp = Xmpp(device_lists=dict(server.device_lists), bundles=dict(server.bundles))
+        alice = await new_account(xmpp, alice_jid, [namespace], alice_data, max_skipped=limit)
+        bob = await new_account(xmpp, bob_jid, [namespace], bob_data, max_skipped=limit)
+        for _ in range(SCALE_WARM_UP):
+            await _one_way(xmpp, alice, bob, namespace)
+        pairs.append((scale_point_name(exchanged, skipped), xmpp, alice, bob))
+    writes: List[float] = []
+    gc.collect()
+    for index in range(messages):
+        for name, xmpp, alice, bob in pairs[index % len(pairs) :] + pairs[: index % len(pairs)]:
+            message = await counted(
+                alice.storage,
+                rows[f"{name}_encrypt"],
+                writes,
+                rows[f"{name}_encrypt_bytes"],
+                encrypt(alice, [bob.jid], namespace),
+            )
+            _check(
+                await counted(
+                    bob.storage,
+                    rows[f"{name}_decrypt"],
+                    writes,
+                    rows[f"{name}_decrypt_bytes"],
+                    bob.sm.decrypt(message),
+                )
+            )
+            rows[f"{name}_total"].append(rows[f"{name}_encrypt"][-1] + rows[f"{name}_decrypt"][-1])
+            rows[f"{name}_bytes"].append(
+                rows[f"{name}_encrypt_bytes"][-1] + rows[f"{name}_decrypt_bytes"][-1]
+            )
+            await xmpp.deliver()
+    for _, _, alice, bob in pairs:
+        await _shutdown(alice, bob)
+
+
+async def _scale_fan_out_world(namespace: str, devices: int, limit: int) -> Tuple[Xmpp, List[str], Account]:
+    """A sender with confirmed sessions with ``devices`` recipients (one device per JID; the recipients
+    decrypted its first message and their automatic replies were delivered, then they were shut down)."""
+    key = ("scale_fan_out", namespace, devices)
+    if key not in _CACHE:
+        xmpp = Xmpp()
+        jids = [f"scale-member{i:05d}@bench.example" for i in range(devices)]
+        sender = await new_account(xmpp, "scale-sender@bench.example", [namespace], max_skipped=limit)
+        recipients = []
+        for jid in jids:
+            recipient = await new_account(xmpp, jid, [namespace], max_skipped=limit)
+            await introduce(recipient, namespace, [sender.jid])
+            recipients.append(recipient)
+        await introduce(sender, namespace, jids)
+        message = await encrypt(sender, jids, namespace)
+        for recipient in recipients:
+            _check(await recipient.sm.decrypt(message))
+        await xmpp.deliver()
+        for recipient in recipients:
+            await _shutdown(recipient)
+            del xmpp.accounts[recipient.jid]
+        _CACHE[key] = (xmpp, jids, sender)
+    result: Tuple[Xmpp, List[str], Account] = _CACHE[key]
+    return result
+
+
+async def _scale_skip(
+    namespace: str, gap: int, limit: int
+) -> Tuple[Xmpp, str, Dict[str, str], omemo.Message]:
+    """The recipient's snapshot before a gap of ``gap`` lost messages, and the message after the gap."""
+    key = ("scale_skip", namespace, gap)
+    if key not in _CACHE:
+        xmpp = Xmpp()
+        alice, bob = await make_pair(xmpp, namespace, "scale-skip", limit)
+        await _shutdown(bob)
+        for _ in range(gap):
+            await encrypt(alice, [bob.jid], namespace)  # lost
+        message = await encrypt(alice, [bob.jid], namespace)
+        await _shutdown(alice)
+        _CACHE[key] = (xmpp, bob.jid, bob.storage.snapshot(), message)
+    result: Tuple[Xmpp, str, Dict[str, str], omemo.Message] = _CACHE[key]
+    return result
+
+
+async def group_scale(namespace: str, n: int) -> Rows:
+    """Costs at scale (ours only), with the sizes of :data:`SCALE` (the request's or the full run's).
+
+    - fan-out: one encrypt to each size of ``fan_out`` devices with confirmed sessions (the largest
+      also as the time of the whole encrypt), per device: µs and bytes written;
+    - the decrypt of the message after ``skip_gap`` lost ones (the recipient restored before each);
+    - steady one-way encrypt and decrypt (µs, bytes written, and their sums) at each point of
+      ``exchanged`` (messages already exchanged in the session) and of ``skipped`` (stored skipped
+      keys on each side), :data:`SCALE_MESSAGES_PER_SAMPLE` messages per requested sample.
+
+    Every account of the group allows :func:`scale_limit` skipped keys per session and per message.
+    """
+    sizes = SCALE[0]
+    limit = scale_limit(sizes)
+    fan_out = sorted(int(size) for size in sizes["fan_out"])
+    gap = int(sizes["skip_gap"])
+    names = [f"scale_fan_out_{fan_out[-1]}_encrypt", f"scale_skip_{gap}_decrypt"]
+    names += [
+        f"scale_fan_out_{size}_{kind}" for size in fan_out for kind in ("per_device", "bytes_per_device")
+    ]
+    points = {(int(e), 0) for e in sizes["exchanged"]} | {(0, int(k)) for k in sizes["skipped"]}
+    names += [f"{scale_point_name(*point)}_{row}" for point in sorted(points) for row in _SCALE_STEADY_ROWS]
+    rows = _rows(*names)
+
+    xmpp, jids, sender = await _scale_fan_out_world(namespace, fan_out[-1], limit)
+    writes: List[float] = []
+    for _ in range(n):
+        for size in fan_out:
+            gc.collect()
+            time_rows: List[float] = []
+            byte_rows: List[float] = []
+            await counted(
+                sender.storage, time_rows, writes, byte_rows, encrypt(sender, jids[:size], namespace)
+            )
+            rows[f"scale_fan_out_{size}_per_device"].append(time_rows[0] / size)
+            rows[f"scale_fan_out_{size}_bytes_per_device"].append(byte_rows[0] / size)
+            if size == fan_out[-1]:
+                rows[f"scale_fan_out_{size}_encrypt"].append(time_rows[0])
+        await xmpp.deliver()
+
+    xmpp, bob_jid, bob_data, message = await _scale_skip(namespace, gap, limit)
+    for _ in range(n):
+        bob = await new_account(xmpp, bob_jid, [namespace], bob_data, max_skipped=limit)
+        gc.collect()
+        _check(await timed(rows[f"scale_skip_{gap}_decrypt"], bob.sm.decrypt(message)))
+        xmpp.outbox.clear()
+        await _shutdown(bob)
+
+    await _scale_steady(namespace, sizes, n * SCALE_MESSAGES_PER_SAMPLE, rows)
+    return rows
+
+
 GROUPS: Dict[str, Callable[[str, int], Awaitable[Rows]]] = {
     "create": group_create,
     "first": group_first,
@@ -571,6 +836,7 @@ GROUPS: Dict[str, Callable[[str, int], Awaitable[Rows]]] = {
     "fan_out": group_fan_out,
     "skipped": group_skipped,
     "xml": group_xml,
+    "scale": group_scale,
 }
 
 
@@ -603,6 +869,7 @@ async def _serve(rpc_in: Any, rpc_out: Any) -> None:
                 return
             else:
                 CLOCK[0] = CLOCKS[request.get("clock", "cpu")]
+                SCALE[0] = request.get("sizes") or SCALE_SIZES
                 rows = await GROUPS[group](request["namespace"], int(request["samples"]))
                 response = {"ok": True, "rows": rows}
         except Exception:

@@ -49,9 +49,13 @@ def test_quick_run_fills_every_row(tmp_path: Path) -> None:
         for key, row in rows.items():
             samples = document["samples"][namespace][key]
             assert samples.get("ours"), f"no samples of ours for {key} in {namespace}"
-            if reference is not None and not key.startswith("floor_"):
+            if row.get("ours_only"):  # the floors and the costs at scale: never asked of the reference
+                assert not samples.get("reference"), f"reference samples for the ours-only {key}"
+            elif reference is not None:
                 assert samples.get("reference"), f"no reference samples for {key} in {namespace}"
             assert row["label"] in completed.stdout
+    assert any(key.startswith("scale_") for key in rows), "no rows of the (tiny) scale group"
+    assert "flat: yes" in completed.stdout or "flat: **no**" in completed.stdout
     if reference is not None:
         assert "### Goals" in completed.stdout
         assert document["goals"] and all(isinstance(entry["met"], bool) for entry in document["goals"])
