@@ -40,6 +40,7 @@ __all__ = [
     "canonical_ed25519_public",
     "canonical_x25519_public",
     "chain_step",
+    "chain_steps",
     "constant_time_equal",
     "hkdf_sha256",
     "hmac_sha256",
@@ -94,6 +95,21 @@ def chain_step(chain_key: bytes) -> tuple[bytes, bytes]:
     message.update(_MESSAGE_KEY_SEED)
     chain.update(_CHAIN_KEY_SEED)
     return message.digest(), chain.digest()
+
+
+def chain_steps(chain_key: bytes, count: int) -> tuple[list[bytes], bytes]:
+    """``count`` chain steps (:func:`chain_step`) in a row: the message keys, and the chain key after them
+    (the loop of :func:`chain_step` without a call per step: skipping hundreds of keys is common)."""
+    message_keys = []
+    append, new = message_keys.append, _hmac_new
+    for _ in range(count):
+        message = new(chain_key, None, "sha256")
+        chain = message.copy()
+        message.update(_MESSAGE_KEY_SEED)
+        chain.update(_CHAIN_KEY_SEED)
+        append(message.digest())
+        chain_key = chain.digest()
+    return message_keys, chain_key
 
 
 def constant_time_equal(a: bytes, b: bytes) -> bool:

@@ -33,6 +33,7 @@ from ._primitives import (
     aes_cbc_decrypt,
     aes_cbc_encrypt,
     chain_step,
+    chain_steps,
     constant_time_equal,
     hkdf_sha256,
     hmac_sha256,
@@ -368,8 +369,8 @@ def _open(profile: Profile, message_key: bytes, mac_ad: bytes, opened: OpenedMes
 def _skip(
     skipped: dict[tuple[bytes, int], bytes], chain: bytes, ratchet_pub: bytes, start: int, stop: int
 ) -> bytes:
-    for n in range(start, stop):
-        skipped[(ratchet_pub, n)], chain = chain_step(chain)
+    message_keys, chain = chain_steps(chain, stop - start)
+    skipped.update(zip([(ratchet_pub, n) for n in range(start, stop)], message_keys, strict=True))
     return chain
 
 

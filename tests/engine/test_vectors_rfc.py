@@ -21,7 +21,7 @@ from __future__ import annotations
 import pytest
 
 from omemo_engine import xeddsa
-from omemo_engine._primitives import chain_step, hkdf_sha256, hmac_sha256, x25519, x25519_public
+from omemo_engine._primitives import chain_step, chain_steps, hkdf_sha256, hmac_sha256, x25519, x25519_public
 from omemo_engine.errors import InvalidSignature
 
 
@@ -201,3 +201,13 @@ def test_rfc4231_hmac_sha256() -> None:
 def test_chain_step_is_two_hmacs(seed: int) -> None:
     chain_key = bytes((seed * 37 + i) % 256 for i in range(32))
     assert chain_step(chain_key) == (hmac_sha256(chain_key, b"\x01"), hmac_sha256(chain_key, b"\x02"))
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 7])
+def test_chain_steps_are_chain_steps(count: int) -> None:
+    chain_key, expected = bytes(range(32)), []
+    start = chain_key
+    for _ in range(count):
+        message_key, chain_key = chain_step(chain_key)
+        expected.append(message_key)
+    assert chain_steps(start, count) == (expected, chain_key)
