@@ -880,9 +880,20 @@ def flatness(samples: Samples, namespace: str, series: ScaleSeries) -> Dict[str,
         }
     if series.per == "device" and None not in result["time"]["values"]:
         totals = [x * value for x, value in zip(xs, result["time"]["values"], strict=True)]
-        result["marginal"] = [
+        marginal = [
             (totals[i] - totals[i - 1]) / (xs[i] - xs[i - 1]) for i in range(1, len(xs)) if xs[i] > xs[i - 1]
         ]
+        result["marginal"] = marginal
+        if marginal and min(marginal) > 0:
+            # The average per device falls with the size (one encrypt's fixed cost spreads over more
+            # devices); what must stay flat is the cost of each device added.
+            spread = max(marginal) / min(marginal)
+            result["time"].update(
+                spread=spread,
+                flat=spread <= FLAT_WITHIN,
+                trend="grows" if marginal[-1] > marginal[0] else "falls",
+            )
+            result["time"]["basis"] = "µs per added device"
     return result
 
 
@@ -907,6 +918,8 @@ def scale_table(samples: Samples, namespace: str, sizes: Dict[str, Any]) -> str:
             entry = flat[kind]
             values = " / ".join(_number(value) for value in entry["values"])
             spread = "—" if entry["spread"] is None else f"{entry['spread']:.2f}x"
+            if entry.get("basis"):
+                spread += f" of the {entry['basis']}"
             verdict = {True: "yes", False: "**no**", None: "n/a"}[entry["flat"]]
             if entry["flat"] is False:
                 verdict += f" ({entry['trend']} with the size)"

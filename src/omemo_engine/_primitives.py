@@ -100,7 +100,7 @@ def chain_step(chain_key: bytes) -> tuple[bytes, bytes]:
 def chain_steps(chain_key: bytes, count: int) -> tuple[list[bytes], bytes]:
     """``count`` chain steps (:func:`chain_step`) in a row: the message keys, and the chain key after them
     (the loop of :func:`chain_step` without a call per step: skipping hundreds of keys is common)."""
-    message_keys = []
+    message_keys: list[bytes] = []
     append, new = message_keys.append, _hmac_new
     for _ in range(count):
         message = new(chain_key, None, "sha256")
