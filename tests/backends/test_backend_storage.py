@@ -20,7 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from omemo._engine.backend import EngineBackend, EngineSession
+from omemo._engine.backend import (
+    _SESSION_HEADER,
+    _SKIPPED_APART,
+    EngineBackend,
+    EngineSession,
+    _encode_session,
+)
 from omemo.message import Content, EncryptedKeyMaterial, Message
 from omemo.storages import SQLiteStorage
 
@@ -368,3 +374,59 @@ async def test_damaged_keys_record(alice: Device, bob: Device, damage: str) -> N
     bob.restart()
     with pytest.raises(SessionDamaged, match="session/"):
         await load(bob, alice)
+
+
+async def _store_as_older_record(device: Device, peer: Device) -> None:
+    """Rewrite the device's session with ``peer`` as the record version 2 wrote: skipped keys inline."""
+    session = await load(device, peer)
+    assert session.state.skipped
+    current = _encode_session(session)
+    apart_state = session.state.to_bytes(with_skipped=False)
+    head = bytearray(current[: len(current) - len(apart_state)])
+    head[0], head[_SESSION_HEADER.size - 1] = 2, head[_SESSION_HEADER.size - 1] & ~_SKIPPED_APART
+    key = f"/{device.backend.namespace}/session/{peer.bare_jid}/{peer.device_id}"
+    await device.storage.inner.store_bytes(key, bytes(head) + session.state.to_bytes(with_skipped=True))
+    await device.storage.inner.delete(
+        f"/{device.backend.namespace}/session-skipped/{peer.bare_jid}/{peer.device_id}"
+    )
+    device.restart()
+
+
+@pytest.mark.parametrize("first", ["encrypt", "decrypt a skipped one"])
+async def test_older_record_with_inline_skipped_keys(alice: Device, bob: Device, first: str) -> None:
+    """A session stored before skipped keys were kept apart (version 2, keys inline) moves to the new
+    layout on its next write, whatever that write is, and loses or revives no key."""
+    await establish(alice, bob)
+    a_session = await load(alice, bob)
+    sent = [await send(alice, bob, a_session, b"m%d" % i) for i in range(4)]
+    await alice.backend.store_session(a_session)
+    b_session = await load(bob, alice)
+    await bob.backend.decrypt_key_material(b_session, sent[3][1])  # keys 0..2 skipped
+    await bob.backend.store_session(b_session)
+    await _store_as_older_record(bob, alice)
+    assert len((await load(bob, alice)).state.skipped) == 3
+
+    if first == "encrypt":  # the record changes, the keys do not
+        session = await load(bob, alice)
+        _, key_material = await bob.backend.encrypt_plaintext(b"reply")
+        await bob.backend.encrypt_key_material(session, key_material)
+        await bob.backend.store_session(session)
+        left = {0, 1, 2}
+    else:  # only the keys change
+        message, enc, _ = sent[1]
+        session = await load(bob, alice)
+        plain = await bob.backend.decrypt_key_material(session, enc)
+        await bob.backend.store_session(session)
+        assert await bob.backend.decrypt_plaintext(message.content, plain) == b"m1"
+        left = {0, 2}
+    bob.restart()
+    session = await load(bob, alice)
+    assert sorted(n for _, n in session.state.skipped) == sorted(left)
+    for i in sorted(left):  # every key left decrypts its message, once
+        message, enc, _ = sent[i]
+        session = await load(bob, alice)
+        plain = await bob.backend.decrypt_key_material(session, enc)
+        await bob.backend.store_session(session)
+        assert await bob.backend.decrypt_plaintext(message.content, plain) == b"m%d" % i
+    bob.restart()
+    assert (await load(bob, alice)).state.skipped == {}

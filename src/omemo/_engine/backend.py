@@ -458,6 +458,9 @@ class EngineBackend(Backend):
         #: The stored key state record as loaded but not decoded yet (see get_num_visible_pre_keys).
         self._stored_keys: Optional[object] = None
         self._index: Optional[dict[str, list[int]]] = None
+        #: Cached sessions whose stored record is an older one that holds its skipped keys inline (a
+        #: version 1 or 2 record written before they were kept apart): their next write is a full one.
+        self._inline_skipped: set[tuple[str, int]] = set()
         self._sessions: OrderedDict[
             tuple[str, int], tuple[Initiation, bool, EngineKeyExchange, RatchetState]
         ] = OrderedDict()
@@ -654,6 +657,8 @@ class EngineBackend(Backend):
             session = self._decode_session(bare_jid, device_id, data, skipped)
         except InvalidState as exc:
             raise self._damaged(bare_jid, device_id, exc) from None
+        if skipped is None and session.state.skipped:
+            self._inline_skipped.add((bare_jid, device_id))
         self._remember(session)
         return session
 
@@ -688,6 +693,7 @@ class EngineBackend(Backend):
         calls this for its idle contacts; the storage holds the same)."""
         for key in [key for key in self._sessions if not keep(key[0])]:
             del self._sessions[key]
+            self._inline_skipped.discard(key)
 
     def invalidate_caches(self) -> None:
         """Forget every in-memory copy of stored state (sessions, key state, session index).
@@ -696,6 +702,7 @@ class EngineBackend(Backend):
         cached can be ahead of the storage.
         """
         self._sessions.clear()
+        self._inline_skipped.clear()
         self._keys = None
         self._stored_keys = None
         self._index = None
@@ -726,9 +733,11 @@ class EngineBackend(Backend):
         cached = self._sessions.get(key)
         known = cached[3].skipped if cached is not None else None
         storage = self._storage
+        inline = key in self._inline_skipped  # the stored record is an older one, keys inline
         try:
             if (
-                known  # so the stored record keeps the skipped keys apart
+                known  # so the stored record keeps the skipped keys apart (unless inline)
+                and not inline
                 and cached is not None
                 and cached[2] is session.key_exchange
                 and cached[1] == session.confirmed
@@ -739,9 +748,10 @@ class EngineBackend(Backend):
                 if skipped is not known:
                     await storage.store_bytes(self._skipped_key(*key), encode_skipped(skipped))
             else:
-                if skipped and skipped is not known:
+                if skipped and (skipped is not known or inline):
                     await storage.store_bytes(self._skipped_key(*key), encode_skipped(skipped))
                 await storage.store_bytes(self._session_key(*key), _encode_session(session))
+                self._inline_skipped.discard(key)
                 if not skipped and (known is None or known):  # there were skipped keys, or maybe
                     await storage.delete(self._skipped_key(*key))
         except BaseException:
@@ -1070,6 +1080,7 @@ class EngineBackend(Backend):
         except SessionDamaged:
             existed = True  # deleted all the same
         self._sessions.pop((bare_jid, device_id), None)
+        self._inline_skipped.discard((bare_jid, device_id))
         await self._storage.delete(self._session_key(bare_jid, device_id))
         await self._storage.delete(self._skipped_key(bare_jid, device_id))
         if device_id in devices:
@@ -1080,6 +1091,7 @@ class EngineBackend(Backend):
     async def _purge_sessions(self, index: dict[str, list[int]], bare_jid: str) -> None:
         for device_id in index.pop(bare_jid):
             self._sessions.pop((bare_jid, device_id), None)
+            self._inline_skipped.discard((bare_jid, device_id))
             await self._storage.delete(self._session_key(bare_jid, device_id))
             await self._storage.delete(self._skipped_key(bare_jid, device_id))
         await self._storage.delete(f"{self._prefix}session-devices/{bare_jid}")
