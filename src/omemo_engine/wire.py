@@ -40,16 +40,12 @@ implementation, unchanged), as their fallback and as the oracle of their tests
   written, zeros included) for arguments of the expected types (``bytes``, ``int`` in the uint32
   range). Anything else (a ``bytearray``, a ``bool``, a number out of range) goes to protobuf, which
   accepts or refuses it as before.
-- The decoders have three tiers. Tier 1 (``_*_canonical``) is straight-line code for the exact layout
-  protobuf writes, which is what arrives in practice: every field once, in field-number order, with
-  the expected key and MAC lengths. Tier 2 (``_*_scanned``, on :func:`_scan`) reads any order and
-  repetition of the known fields with their declared wire types (the last value wins; repeated
-  embedded messages are merged, as protobuf does) and varints of at most 5 bytes whose value fits in
-  32 bits. On anything else (an unknown field, a group, a wrong wire type, a long or oversized varint,
-  a truncation...) tier 2 gives up and the whole input goes to the protobuf codec (tier 3), so the
-  verdict on unusual input is protobuf's own by construction. The checks after parsing (key lengths
-  and encodings, required fields, MAC length, version byte) are the same in all tiers, with the same
-  error messages.
+- The decoders read the exact layout protobuf writes, which is what arrives in practice (every field
+  once, in field-number order, one-byte tags, the declared key and MAC lengths), with straight-line
+  code (``_*_canonical``). Anything else (another order, a repeated or unknown field, a group, a wrong
+  wire type or length, a long varint, a truncation...) goes whole to the protobuf codec, so the verdict
+  on unusual input is protobuf's own by construction. The checks after parsing (key encodings,
+  required fields, version byte) are the same in both, with the same error messages.
 """
 
 from __future__ import annotations
@@ -162,11 +158,6 @@ def _legacy_key(field: str, value: bytes) -> bytes:
     return canonical_x25519_public(value[1:])
 
 
-def _check_mac_length(mac: bytes, length: int) -> None:
-    if len(mac) != length:
-        raise MalformedMessage(f"OMEMOAuthenticatedMessage.mac must be {length} bytes, got {len(mac)}")
-
-
 def _missing(what: str, field: str) -> MalformedMessage:
     return MalformedMessage(f"{what} has no {field}")
 
@@ -184,7 +175,6 @@ def _check_version(data: bytes, what: str) -> None:
 # --- The hand-written protobuf primitives --------------------------------------------------------
 
 _U32_MAX = 0xFFFFFFFF
-_VARINT, _LEN = 0, 2  # the two wire types the messages use
 
 #: The one-byte varints, by value.
 _SMALL_VARINTS = tuple(bytes((value,)) for value in range(0x80))
@@ -202,36 +192,9 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-def _auth_message(mac: bytes | None, message: bytes | None) -> bytes:
-    """An ``OMEMOAuthenticatedMessage`` with the fields that are not None, as protobuf serialises it."""
-    if mac is not None and message is not None:
-        return b"".join((b"\x0a", _varint(len(mac)), mac, b"\x12", _varint(len(message)), message))
-    parts: list[bytes] = []
-    if mac is not None:
-        parts += (b"\x0a", _varint(len(mac)), mac)
-    if message is not None:
-        parts += (b"\x12", _varint(len(message)), message)
-    return b"".join(parts)
-
-
 def _counters(n: int, pn: int) -> bytes:
     """The ``counter`` and ``previousCounter`` fields of a ``SignalMessage``."""
     return b"".join((b"\x10", _varint(n), b"\x18", _varint(pn)))
-
-
-#: Tag table entries: a tag :func:`_scan` leaves to protobuf, and a repeated (merged) embedded message.
-_UNHANDLED, _EMBEDDED = -1, -2
-
-
-def _tag_table(*fields: tuple[int, int, int]) -> tuple[int, ...]:
-    """The table of :func:`_scan`: for each first byte of a tag, the slot of its value (an index into
-    ``ints`` for varint fields, into ``blobs`` for bytes fields, or ``_EMBEDDED``); ``_UNHANDLED``
-    for every other byte. ``fields`` are ``(field number, wire type, slot)``."""
-    table = [_UNHANDLED] * 256
-    for number, wire_type, slot in fields:
-        assert 1 <= number <= 15 and wire_type in (_VARINT, _LEN)  # one-byte tags
-        table[number << 3 | wire_type] = slot
-    return tuple(table)
 
 
 def _long_varint(data: bytes, pos: int, first: int) -> tuple[int, int]:
@@ -249,72 +212,6 @@ def _long_varint(data: bytes, pos: int, first: int) -> tuple[int, int]:
         if byte < 0x80:
             return (value, pos) if value <= _U32_MAX else (-1, pos)
     return -1, pos
-
-
-def _scan(
-    data: bytes,
-    pos: int,
-    table: tuple[int, ...],
-    ints: list[int],
-    blobs: list[bytes] | list[bytes | None],
-    embedded: list[bytes],
-) -> bool:
-    """Read the fields of a protobuf message ``data[pos:]`` into ``ints`` and ``blobs``.
-
-    Each field's tag must be one byte, found in ``table`` (see :func:`_tag_table`); a varint is stored
-    into ``ints[slot]``, a length-delimited value into ``blobs[slot]`` (a repeated field: the last one
-    wins, as in protobuf), and the contents of an ``_EMBEDDED`` field are appended to ``embedded`` (to
-    be merged by the caller). Slots of absent fields keep the caller's default.
-
-    Returns:
-        False if the message has anything else, or is cut short: the caller then hands the whole input
-        to the protobuf codec, which decides. True if every byte was read.
-    """
-    end = len(data)
-    try:
-        while pos < end:
-            tag = data[pos]
-            slot = table[tag]
-            if slot == _UNHANDLED:
-                return False
-            value = data[pos + 1]
-            pos += 2
-            if value >= 0x80:
-                value, pos = _long_varint(data, pos, value)
-                if value < 0:
-                    return False
-            if tag & 7 == _VARINT:
-                ints[slot] = value
-            else:
-                stop = pos + value
-                if stop > end:
-                    return False
-                if slot == _EMBEDDED:
-                    embedded.append(data[pos:stop])
-                else:
-                    blobs[slot] = data[pos:stop]
-                pos = stop
-    except IndexError:  # a tag or varint cut short
-        return False
-    return True
-
-
-#: Shared empty outputs of :func:`_scan` for messages without varints / embedded messages (never written).
-_NO_INTS: list[int] = []
-_NO_EMBEDDED: list[bytes] = []
-
-# Slots: OMEMOAuthenticatedMessage blobs [mac, message]; OMEMOMessage ints [n, pn], blobs [dh_pub,
-# ciphertext]; OMEMOKeyExchange ints [pk_id, spk_id], blobs [ik, ek], message embedded.
-_O2_AUTH_TAGS = _tag_table((1, _LEN, 0), (2, _LEN, 1))
-_O2_MESSAGE_TAGS = _tag_table((1, _VARINT, 0), (2, _VARINT, 1), (3, _LEN, 0), (4, _LEN, 1))
-_O2_KEX_TAGS = _tag_table((1, _VARINT, 0), (2, _VARINT, 1), (3, _LEN, 0), (4, _LEN, 1), (5, _LEN, _EMBEDDED))
-# SignalMessage ints [counter, previous_counter], blobs [ratchet_key, ciphertext];
-# PreKeySignalMessage ints [pre_key_id, registration_id, signed_pre_key_id], blobs [base_key,
-# identity_key, message].
-_L_MESSAGE_TAGS = _tag_table((1, _LEN, 0), (2, _VARINT, 0), (3, _VARINT, 1), (4, _LEN, 1))
-_L_KEX_TAGS = _tag_table(
-    (1, _VARINT, 0), (2, _LEN, 0), (3, _LEN, 1), (4, _LEN, 2), (5, _VARINT, 1), (6, _VARINT, 2)
-)
 
 
 # --- The protobuf-based codecs: fallback of the hand-written one, and the oracle of its tests ----
@@ -411,7 +308,8 @@ class _PBOMEMO2Wire:
 
     def open(self, data: bytes) -> OpenedMessage:
         auth = _parse(_O2_AUTH, data, "OMEMOAuthenticatedMessage")
-        _check_mac_length(auth.mac, self.mac_length)
+        if len(auth.mac) != self.mac_length:
+            raise MalformedMessage(f"OMEMOAuthenticatedMessage.mac must be 16 bytes, got {len(auth.mac)}")
         body = bytes(auth.message)
         message = _parse(_O2_MESSAGE, body, "OMEMOMessage")
         if not message.HasField("ciphertext"):
@@ -582,16 +480,10 @@ _PB_LEGACY_WIRE = _PBLegacyWire()
 
 # --- The hand-written decoders --------------------------------------------------------------------
 #
-# Each decoder has two hand-written tiers in front of the protobuf codec:
-#
-# 1. ``_*_canonical``: the exact layout protobuf writes, which is what arrives in practice: every field
-#    once, in field-number order, one-byte tags, the declared lengths of keys and MACs. Straight-line
-#    code at fixed or running offsets; ``None`` for anything else (including a wrong key or MAC length,
-#    whose error message is left to tier 2).
-# 2. ``_*_scanned``: any order and repetition of the known fields (see :func:`_scan`), with every check
-#    of the protobuf codec; anything :func:`_scan` gives up on goes to the protobuf codec (tier 3).
-#
-# An input accepted by tier 1 has the same fields for tiers 2 and 3, so all three agree on it.
+# Each decoder reads the exact layout protobuf writes (``_*_canonical``): straight-line code at fixed
+# or running offsets, returning ``None`` for anything else (including a wrong key or MAC length, whose
+# error message is the protobuf codec's), which then goes to the protobuf codec. An input accepted here
+# has the same fields for the protobuf codec, so both agree on it.
 
 #: ``tuple.__new__``: builds a NamedTuple from its items without the Python-level ``__new__`` (the same
 #: result, a third of the time).
@@ -599,7 +491,7 @@ _new_tuple = tuple.__new__
 
 
 def _o2_open_canonical(data: bytes) -> OpenedMessage | None:
-    """Tier 1 of :meth:`OMEMO2Wire.open`: ``0a 10 mac 12 len {08 n 10 pn 1a 20 dh_pub 22 len ct}``."""
+    """The layout of :meth:`OMEMO2Wire.open`: ``0a 10 mac 12 len {08 n 10 pn 1a 20 dh_pub 22 len ct}``."""
     try:
         if data[0] != 0x0A or data[1] != 16 or data[18] != 0x12:
             return None
@@ -641,58 +533,37 @@ def _o2_open_canonical(data: bytes) -> OpenedMessage | None:
     return _new_tuple(OpenedMessage, (header, body[pos:], body, data[2:18]))
 
 
-def _o2_open_scanned(data: bytes) -> OpenedMessage:
-    """Tiers 2 and 3 of :meth:`OMEMO2Wire.open`."""
-    auth = [b"", b""]
-    if _scan(data, 0, _O2_AUTH_TAGS, _NO_INTS, auth, _NO_EMBEDDED):
-        mac, body = auth
-        _check_mac_length(mac, OMEMO2Wire.mac_length)
-        ints = [0, 0]
-        blobs: list[bytes | None] = [b"", None]
-        if _scan(body, 0, _O2_MESSAGE_TAGS, ints, blobs, _NO_EMBEDDED):
-            dh_pub, ciphertext = blobs
-            if ciphertext is None:
-                raise MalformedMessage("OMEMOMessage has no ciphertext")
-            assert dh_pub is not None  # its default is b""
-            header = Header(_x25519_key("OMEMOMessage.dh_pub", dh_pub), ints[0], ints[1])
-            return OpenedMessage(header, ciphertext, body, mac)
-    return _PB_OMEMO2_WIRE.open(data)
+def _minimal_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """The varint at ``data[pos]`` if it is written as protobuf writes it (the shortest form, at most 5
+    bytes, a uint32): ``(value, position after it)``; ``(-1, pos)`` otherwise. IndexError at the end."""
+    first = data[pos]
+    if first < 0x80:
+        return first, pos + 1
+    value, end = _long_varint(data, pos + 1, first)
+    return (value, end) if value >= 0 and end - pos == len(_varint(value)) else (-1, pos)
 
 
 def _auth_is_canonical(data: bytes) -> bool:
-    """Whether ``data`` is ``0a len mac 12 len message`` with one-byte lengths: an
-    ``OMEMOAuthenticatedMessage`` that protobuf would serialise to the same bytes."""
+    """Whether ``data`` is ``0a len mac 12 len message`` exactly as protobuf serialises an
+    ``OMEMOAuthenticatedMessage`` with both fields (so re-serialising it would give the same bytes)."""
     try:
-        mac_size = data[1]
-        at = 2 + mac_size  # the tag of the second field
-        size = data[at + 1]
-        return (
-            data[0] == 0x0A
-            and mac_size < 0x80
-            and data[at] == 0x12
-            and size < 0x80
-            and at + 2 + size == len(data)
-        )
+        if data[0] != 0x0A:
+            return False
+        mac_size, pos = _minimal_varint(data, 1)
+        at = pos + mac_size  # the tag of the second field
+        if mac_size < 0 or data[at] != 0x12:
+            return False
+        size, pos = _minimal_varint(data, at + 1)
+        return size >= 0 and pos + size == len(data)
     except IndexError:
         return False
 
 
-def _auth_rewritten(data: bytes) -> bytes | None:
-    """``data`` parsed as an ``OMEMOAuthenticatedMessage`` with both fields and serialised again; None
-    if it does not have both fields, or has a shape :func:`_scan` leaves to protobuf."""
-    auth: list[bytes | None] = [None, None]
-    if _scan(data, 0, _O2_AUTH_TAGS, _NO_INTS, auth, _NO_EMBEDDED):
-        mac, message = auth
-        if mac is not None and message is not None:
-            return _auth_message(mac, message)
-    return None
-
-
 def _o2_kex_canonical(data: bytes) -> tuple[KeyExchangeFields, bytes] | None:
-    """Tier 1 of :meth:`OMEMO2Wire.parse_key_exchange`:
-    ``08 pk_id 10 spk_id 1a 20 ik 22 20 ek 2a len {0a len mac 12 len message}``, the two lengths in
-    the embedded message one byte each, so that it is returned as it is (protobuf's re-serialisation
-    of it gives the same bytes)."""
+    """The layout of :meth:`OMEMO2Wire.parse_key_exchange`:
+    ``08 pk_id 10 spk_id 1a 20 ik 22 20 ek 2a len {0a len mac 12 len message}``, the embedded message
+    as protobuf writes it, so that it is returned as it is (protobuf's re-serialisation of it gives the
+    same bytes)."""
     try:
         if data[0] != 0x08:
             return None
@@ -724,14 +595,7 @@ def _o2_kex_canonical(data: bytes) -> tuple[KeyExchangeFields, bytes] | None:
         pos += 70
         if size >= 0x80:
             size, pos = _long_varint(data, pos, size)
-        if size < 0 or pos + size != len(data):
-            return None
-        mac_size = data[pos + 1]
-        at = pos + 2 + mac_size  # the tag of the embedded message's second field
-        if data[pos] != 0x0A or mac_size >= 0x80 or data[at] != 0x12:
-            return None
-        size = data[at + 1]
-        if size >= 0x80 or at + 2 + size != len(data):
+        if size < 0 or pos + size != len(data) or not _auth_is_canonical(data[pos:]):
             return None
     except IndexError:
         return None
@@ -741,30 +605,8 @@ def _o2_kex_canonical(data: bytes) -> tuple[KeyExchangeFields, bytes] | None:
     return fields, data[pos:]
 
 
-def _o2_kex_scanned(data: bytes) -> tuple[KeyExchangeFields, bytes]:
-    """Tiers 2 and 3 of :meth:`OMEMO2Wire.parse_key_exchange`."""
-    ints = [0, 0]
-    blobs = [b"", b""]
-    embedded: list[bytes] = []
-    if _scan(data, 0, _O2_KEX_TAGS, ints, blobs, embedded):
-        # Repeated embedded messages are merged: the fields of the later ones win.
-        auth: list[bytes | None] = [None, None]
-        if all(_scan(part, 0, _O2_AUTH_TAGS, _NO_INTS, auth, _NO_EMBEDDED) for part in embedded):
-            ik, ek = blobs
-            fields = KeyExchangeFields(
-                ints[0],
-                ints[1],
-                _ed25519_key("OMEMOKeyExchange.ik", ik),
-                _x25519_key("OMEMOKeyExchange.ek", ek),
-            )
-            if not embedded:
-                raise MalformedMessage("OMEMOKeyExchange has no message")
-            return fields, _auth_message(*auth)
-    return _PB_OMEMO2_WIRE.parse_key_exchange(data)
-
-
 def _legacy_open_canonical(data: bytes) -> OpenedMessage | None:
-    """Tier 1 of :meth:`LegacyWire.open` (the version byte and length checked already):
+    """The layout of :meth:`LegacyWire.open` (the version byte and length checked already):
     ``version 0a 21 05 ratchet_key 10 counter 18 previous_counter 22 len ciphertext mac``."""
     end = len(data) - 8  # the MAC; every byte read below is before ``pos`` at the final check
     try:
@@ -798,26 +640,8 @@ def _legacy_open_canonical(data: bytes) -> OpenedMessage | None:
     return _new_tuple(OpenedMessage, (header, data[pos:end], data[:end], data[end:]))
 
 
-def _legacy_open_scanned(data: bytes) -> OpenedMessage:
-    """Tiers 2 and 3 of :meth:`LegacyWire.open` (the version byte and length checked already)."""
-    body = data[:-8]
-    ints = [-1, 0]
-    blobs: list[bytes | None] = [None, None]
-    if _scan(body, 1, _L_MESSAGE_TAGS, ints, blobs, _NO_EMBEDDED):
-        ratchet_key, ciphertext = blobs
-        if ratchet_key is None:
-            raise _missing("SignalMessage", "ratchet_key")
-        if ints[0] < 0:
-            raise _missing("SignalMessage", "counter")
-        if ciphertext is None:
-            raise _missing("SignalMessage", "ciphertext")
-        header = Header(_legacy_key("SignalMessage.ratchetKey", ratchet_key), ints[0], ints[1])
-        return OpenedMessage(header, ciphertext, body, data[-8:])
-    return _PB_LEGACY_WIRE.open(data)
-
-
 def _legacy_kex_canonical(data: bytes) -> tuple[KeyExchangeFields, bytes] | None:
-    """Tier 1 of :meth:`LegacyWire.parse_key_exchange` (the version byte checked already):
+    """The layout of :meth:`LegacyWire.parse_key_exchange` (the version byte checked already):
     ``version 08 pre_key_id 12 21 05 base_key 1a 21 05 identity_key 22 len message
     [28 registration_id] 30 signed_pre_key_id``."""
     try:
@@ -872,33 +696,6 @@ def _legacy_kex_canonical(data: bytes) -> tuple[KeyExchangeFields, bytes] | None
     return fields, message
 
 
-def _legacy_kex_scanned(data: bytes) -> tuple[KeyExchangeFields, bytes]:
-    """Tiers 2 and 3 of :meth:`LegacyWire.parse_key_exchange` (the version byte checked already)."""
-    ints = [-1, -1, -1]
-    blobs: list[bytes | None] = [None, None, None]
-    if _scan(data, 1, _L_KEX_TAGS, ints, blobs, _NO_EMBEDDED):
-        base_key, identity_key, message = blobs
-        if base_key is None:
-            raise _missing("PreKeySignalMessage", "base_key")
-        if identity_key is None:
-            raise _missing("PreKeySignalMessage", "identity_key")
-        if message is None:
-            raise _missing("PreKeySignalMessage", "message")
-        pre_key_id, _registration_id, signed_pre_key_id = ints
-        if signed_pre_key_id < 0:
-            raise _missing("PreKeySignalMessage", "signed_pre_key_id")
-        if pre_key_id < 0:
-            raise MalformedMessage(_NO_PRE_KEY)
-        fields = KeyExchangeFields(
-            pre_key_id,
-            signed_pre_key_id,
-            _legacy_key("PreKeySignalMessage.identityKey", identity_key),
-            _legacy_key("PreKeySignalMessage.baseKey", base_key),
-        )
-        return fields, message
-    return _PB_LEGACY_WIRE.parse_key_exchange(data)
-
-
 # --- The codecs -----------------------------------------------------------------------------------
 
 
@@ -940,7 +737,7 @@ class OMEMO2Wire:
         """
         if type(data) is not bytes:
             return _PB_OMEMO2_WIRE.open(data)
-        return _o2_open_canonical(data) or _o2_open_scanned(data)
+        return _o2_open_canonical(data) or _PB_OMEMO2_WIRE.open(data)
 
     def build_key_exchange(self, fields: KeyExchangeFields, message: bytes) -> bytes:
         """Wrap the ``OMEMOAuthenticatedMessage`` ``message`` into an ``OMEMOKeyExchange``.
@@ -962,26 +759,25 @@ class OMEMO2Wire:
             and type(ik) is bytes
             and type(ek) is bytes
             and type(message) is bytes
+            and _auth_is_canonical(message)  # else protobuf re-serialises it (or refuses it)
         ):
-            embedded = message if _auth_is_canonical(message) else _auth_rewritten(message)
-            if embedded is not None:
-                return b"".join(
-                    (
-                        b"\x08",
-                        _varint(pk_id),
-                        b"\x10",
-                        _varint(spk_id),
-                        b"\x1a",
-                        _varint(len(ik)),
-                        ik,
-                        b"\x22",
-                        _varint(len(ek)),
-                        ek,
-                        b"\x2a",
-                        _varint(len(embedded)),
-                        embedded,
-                    )
+            return b"".join(
+                (
+                    b"\x08",
+                    _varint(pk_id),
+                    b"\x10",
+                    _varint(spk_id),
+                    b"\x1a",
+                    _varint(len(ik)),
+                    ik,
+                    b"\x22",
+                    _varint(len(ek)),
+                    ek,
+                    b"\x2a",
+                    _varint(len(message)),
+                    message,
                 )
+            )
         return _PB_OMEMO2_WIRE.build_key_exchange(fields, message)
 
     def parse_key_exchange(self, data: bytes) -> tuple[KeyExchangeFields, bytes]:
@@ -994,7 +790,7 @@ class OMEMO2Wire:
         """
         if type(data) is not bytes:
             return _PB_OMEMO2_WIRE.parse_key_exchange(data)
-        return _o2_kex_canonical(data) or _o2_kex_scanned(data)
+        return _o2_kex_canonical(data) or _PB_OMEMO2_WIRE.parse_key_exchange(data)
 
 
 class LegacyWire:
@@ -1044,7 +840,7 @@ class LegacyWire:
         _check_version(data, "SignalMessage")
         if len(data) <= 1 + self.mac_length:
             raise MalformedMessage(f"SignalMessage of {len(data)} bytes is too short")
-        return _legacy_open_canonical(data) or _legacy_open_scanned(data)
+        return _legacy_open_canonical(data) or _PB_LEGACY_WIRE.open(data)
 
     def build_key_exchange(self, fields: KeyExchangeFields, message: bytes) -> bytes:
         """Wrap the sealed ``SignalMessage`` ``message`` into ``version || PreKeySignalMessage``."""
@@ -1094,7 +890,7 @@ class LegacyWire:
         if type(data) is not bytes:
             return _PB_LEGACY_WIRE.parse_key_exchange(data)
         _check_version(data, "PreKeySignalMessage")
-        return _legacy_kex_canonical(data) or _legacy_kex_scanned(data)
+        return _legacy_kex_canonical(data) or _PB_LEGACY_WIRE.parse_key_exchange(data)
 
 
 #: Shared codec instances (stateless).
