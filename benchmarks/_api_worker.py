@@ -390,6 +390,36 @@ async def counted(
     return result
 
 
+async def timed_message(
+    sender: Account,
+    recipient: Account,
+    namespace: str,
+    rows: Rows,
+    name: str,
+    encrypt_writes: List[float],
+    decrypt_writes: List[float],
+) -> None:
+    """One message from ``sender`` to ``recipient``: encrypt and decrypt timed into the rows
+    ``{name}_encrypt`` / ``{name}_decrypt``, their bytes written into ``{name}_*_bytes``, and their
+    storage writes into the given lists."""
+    message = await counted(
+        sender.storage,
+        rows[f"{name}_encrypt"],
+        encrypt_writes,
+        rows[f"{name}_encrypt_bytes"],
+        encrypt(sender, [recipient.jid], namespace),
+    )
+    _check(
+        await counted(
+            recipient.storage,
+            rows[f"{name}_decrypt"],
+            decrypt_writes,
+            rows[f"{name}_decrypt_bytes"],
+            recipient.sm.decrypt(message),
+        )
+    )
+
+
 def _rows(*names: str) -> Rows:
     return {name: SampleList(name) for name in names}
 
@@ -481,21 +511,14 @@ async def _steady(namespace: str, n: int, name: str, alternate: bool) -> Rows:
     gc.collect()
     for i in range(n):
         sender, recipient = (bob, alice) if alternate and i % 2 else (alice, bob)
-        message = await counted(
-            sender.storage,
-            rows[f"{name}_encrypt"],
+        await timed_message(
+            sender,
+            recipient,
+            namespace,
+            rows,
+            name,
             rows[f"{name}_encrypt_writes"],
-            rows[f"{name}_encrypt_bytes"],
-            encrypt(sender, [recipient.jid], namespace),
-        )
-        _check(
-            await counted(
-                recipient.storage,
-                rows[f"{name}_decrypt"],
-                rows[f"{name}_decrypt_writes"],
-                rows[f"{name}_decrypt_bytes"],
-                recipient.sm.decrypt(message),
-            )
+            rows[f"{name}_decrypt_writes"],
         )
         rows[f"{name}_total"].append(rows[f"{name}_encrypt"][-1] + rows[f"{name}_decrypt"][-1])
         await xmpp.deliver()
@@ -707,22 +730,7 @@ async def _scale_steady(namespace: str, sizes: Dict[str, Any], messages: int, ro
     gc.collect()
     for index in range(messages):
         for name, xmpp, alice, bob in pairs[index % len(pairs) :] + pairs[: index % len(pairs)]:
-            message = await counted(
-                alice.storage,
-                rows[f"{name}_encrypt"],
-                writes,
-                rows[f"{name}_encrypt_bytes"],
-                encrypt(alice, [bob.jid], namespace),
-            )
-            _check(
-                await counted(
-                    bob.storage,
-                    rows[f"{name}_decrypt"],
-                    writes,
-                    rows[f"{name}_decrypt_bytes"],
-                    bob.sm.decrypt(message),
-                )
-            )
+            await timed_message(alice, bob, namespace, rows, name, writes, writes)
             rows[f"{name}_total"].append(rows[f"{name}_encrypt"][-1] + rows[f"{name}_decrypt"][-1])
             rows[f"{name}_bytes"].append(
                 rows[f"{name}_encrypt_bytes"][-1] + rows[f"{name}_decrypt_bytes"][-1]

@@ -51,6 +51,15 @@ async def load(device: Device, peer: Device) -> EngineSession:
     return session
 
 
+async def receive(device: Device, peer: Device, sent: tuple[Message, EncryptedKeyMaterial, object]) -> bytes:
+    """Decrypt a message ``send`` returned, from the stored session, and store the session."""
+    message, enc, _ = sent
+    session = await load(device, peer)
+    plain = await device.backend.decrypt_key_material(session, enc)
+    await device.backend.store_session(session)
+    return await device.backend.decrypt_plaintext(message.content, plain)
+
+
 def summary(writes: list[Write]) -> tuple[int, int]:
     """(number of writes, bytes written)."""
     return len(writes), sum(w.size for w in writes)
@@ -129,12 +138,8 @@ async def test_skipped_keys_are_kept_apart(alice: Device, bob: Device) -> None:
     )
     written = []
     for i in (5, 0, 3, 1, 2, 4):  # out of order: skipped keys stored, then consumed
-        message, enc, _ = sent[i]
         bob.storage.reset()
-        b_session = await load(bob, alice)
-        plain = await bob.backend.decrypt_key_material(b_session, enc)
-        await bob.backend.store_session(b_session)
-        assert await bob.backend.decrypt_plaintext(message.content, plain) == b"m%d" % i
+        assert await receive(bob, alice, sent[i]) == b"m%d" % i
         written.append([(w.key, w.size) for w in bob.storage.writes])
     print(f"\n[{ns}] out-of-order decrypts (5 skipped keys, then consumed): writes {written}")
     assert [key for key, _ in written[0]] == [keys, record]  # the keys first: see store_session
@@ -341,11 +346,7 @@ async def test_crash_between_the_keys_record_and_the_session_record(alice: Devic
     assert any("/session-skipped/" in w.key for w in bob.storage.writes)
     bob.restart()
     for i in (3, 1, 0, 2):  # the message again, then the skipped ones
-        message, enc, _ = sent[i]
-        session = await load(bob, alice)
-        plain = await bob.backend.decrypt_key_material(session, enc)
-        await bob.backend.store_session(session)
-        assert await bob.backend.decrypt_plaintext(message.content, plain) == b"m%d" % i
+        assert await receive(bob, alice, sent[i]) == b"m%d" % i
     bob.restart()
     assert (await load(bob, alice)).state.skipped == {}
 
@@ -413,20 +414,12 @@ async def test_older_record_with_inline_skipped_keys(alice: Device, bob: Device,
         await bob.backend.store_session(session)
         left = {0, 1, 2}
     else:  # only the keys change
-        message, enc, _ = sent[1]
-        session = await load(bob, alice)
-        plain = await bob.backend.decrypt_key_material(session, enc)
-        await bob.backend.store_session(session)
-        assert await bob.backend.decrypt_plaintext(message.content, plain) == b"m1"
+        assert await receive(bob, alice, sent[1]) == b"m1"
         left = {0, 2}
     bob.restart()
     session = await load(bob, alice)
     assert sorted(n for _, n in session.state.skipped) == sorted(left)
     for i in sorted(left):  # every key left decrypts its message, once
-        message, enc, _ = sent[i]
-        session = await load(bob, alice)
-        plain = await bob.backend.decrypt_key_material(session, enc)
-        await bob.backend.store_session(session)
-        assert await bob.backend.decrypt_plaintext(message.content, plain) == b"m%d" % i
+        assert await receive(bob, alice, sent[i]) == b"m%d" % i
     bob.restart()
     assert (await load(bob, alice)).state.skipped == {}

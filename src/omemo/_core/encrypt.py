@@ -196,9 +196,7 @@ async def _encrypt_for_backend(
         try:
             encrypted = await backend.encrypt_key_material(session, plain_key_material)
         except (*BUNDLE_ERRORS, KeyExchangeFailed) as exc:
-            _log.info("cannot encrypt for %s: %s", describe(namespace, jid, device_id), exc)
-            errors.append(EncryptionError(namespace, jid, device_id, exc))
-            failed.append(device)
+            _cannot_encrypt(namespace, device, exc, errors, failed)
             continue
         _add_key(batch, session, encrypted)
     if not needed:
@@ -215,12 +213,23 @@ async def _encrypt_for_backend(
                 jid, device_id, bundle, plain_key_material
             )
         except (*BUNDLE_ERRORS, KeyExchangeFailed) as exc:
-            _log.info("cannot encrypt for %s: %s", describe(namespace, jid, device_id), exc)
-            errors.append(EncryptionError(namespace, jid, device_id, exc))
-            failed.append(device)
+            _cannot_encrypt(namespace, device, exc, errors, failed)
             continue
         _add_key(batch, session, encrypted)
     return failed
+
+
+def _cannot_encrypt(
+    namespace: str,
+    device: DeviceInformation,
+    exc: Exception,
+    errors: List[EncryptionError],
+    failed: List[DeviceInformation],
+) -> None:
+    """Record a non-critical failure of ``device`` in ``namespace`` (another namespace may be tried)."""
+    _log.info("cannot encrypt for %s: %s", describe(namespace, device.bare_jid, device.device_id), exc)
+    errors.append(EncryptionError(namespace, device.bare_jid, device.device_id, exc))
+    failed.append(device)
 
 
 def _add_key(batch: _Batch, session: Session, encrypted: EncryptedKeyMaterial) -> None:

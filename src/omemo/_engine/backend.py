@@ -458,11 +458,11 @@ class EngineBackend(Backend):
         #: The stored key state record as loaded but not decoded yet (see get_num_visible_pre_keys).
         self._stored_keys: Optional[object] = None
         self._index: Optional[dict[str, list[int]]] = None
-        #: Cached sessions whose stored record is an older one that holds its skipped keys inline (a
-        #: version 1 or 2 record written before they were kept apart): their next write is a full one.
-        self._inline_skipped: set[tuple[str, int]] = set()
+        #: Decoded sessions by (JID, device): initiation, confirmed, key exchange, state, and whether the
+        #: stored record is an older one holding its skipped keys inline (a version 1 or 2 record written
+        #: before they were kept apart: its next write is a full one).
         self._sessions: OrderedDict[
-            tuple[str, int], tuple[Initiation, bool, EngineKeyExchange, RatchetState]
+            tuple[str, int], tuple[Initiation, bool, EngineKeyExchange, RatchetState, bool]
         ] = OrderedDict()
         #: Whether the reference backend's data was imported or found absent (see reference_import).
         self._reference_checked = False
@@ -636,7 +636,7 @@ class EngineBackend(Backend):
         cached = self._sessions.get((bare_jid, device_id))
         if cached is not None:
             self._sessions.move_to_end((bare_jid, device_id))
-            initiation, confirmed, kex, state = cached
+            initiation, confirmed, kex, state, _ = cached
             return self.SESSION(bare_jid, device_id, initiation, kex, state, confirmed)
         data = await self._load_session_record(bare_jid, device_id)
         if data is None:
@@ -657,9 +657,7 @@ class EngineBackend(Backend):
             session = self._decode_session(bare_jid, device_id, data, skipped)
         except InvalidState as exc:
             raise self._damaged(bare_jid, device_id, exc) from None
-        if skipped is None and session.state.skipped:
-            self._inline_skipped.add((bare_jid, device_id))
-        self._remember(session)
+        self._remember(session, inline=skipped is None and bool(session.state.skipped))
         return session
 
     @staticmethod
@@ -680,10 +678,17 @@ class EngineBackend(Backend):
             " affected, replace_sessions replaces it"
         )
 
-    def _remember(self, session: EngineSession) -> None:
-        """Cache the (immutable) parts of a stored session; the least recently used are dropped."""
+    def _remember(self, session: EngineSession, inline: bool = False) -> None:
+        """Cache the (immutable) parts of a stored session, and whether its record holds its skipped keys
+        inline; the least recently used are dropped."""
         key = (session.bare_jid, session.device_id)
-        self._sessions[key] = (session.initiation, session.confirmed, session.key_exchange, session.state)
+        self._sessions[key] = (
+            session.initiation,
+            session.confirmed,
+            session.key_exchange,
+            session.state,
+            inline,
+        )
         self._sessions.move_to_end(key)
         if len(self._sessions) > SESSION_CACHE_SIZE:
             self._sessions.popitem(last=False)
@@ -693,7 +698,6 @@ class EngineBackend(Backend):
         calls this for its idle contacts; the storage holds the same)."""
         for key in [key for key in self._sessions if not keep(key[0])]:
             del self._sessions[key]
-            self._inline_skipped.discard(key)
 
     def invalidate_caches(self) -> None:
         """Forget every in-memory copy of stored state (sessions, key state, session index).
@@ -702,7 +706,6 @@ class EngineBackend(Backend):
         cached can be ahead of the storage.
         """
         self._sessions.clear()
-        self._inline_skipped.clear()
         self._keys = None
         self._stored_keys = None
         self._index = None
@@ -733,7 +736,7 @@ class EngineBackend(Backend):
         cached = self._sessions.get(key)
         known = cached[3].skipped if cached is not None else None
         storage = self._storage
-        inline = key in self._inline_skipped  # the stored record is an older one, keys inline
+        inline = cached is not None and cached[4]  # the stored record is an older one, keys inline
         try:
             if (
                 known  # so the stored record keeps the skipped keys apart (unless inline)
@@ -751,7 +754,6 @@ class EngineBackend(Backend):
                 if skipped and (skipped is not known or inline):
                     await storage.store_bytes(self._skipped_key(*key), encode_skipped(skipped))
                 await storage.store_bytes(self._session_key(*key), _encode_session(session))
-                self._inline_skipped.discard(key)
                 if not skipped and (known is None or known):  # there were skipped keys, or maybe
                     await storage.delete(self._skipped_key(*key))
         except BaseException:
@@ -1080,7 +1082,6 @@ class EngineBackend(Backend):
         except SessionDamaged:
             existed = True  # deleted all the same
         self._sessions.pop((bare_jid, device_id), None)
-        self._inline_skipped.discard((bare_jid, device_id))
         await self._storage.delete(self._session_key(bare_jid, device_id))
         await self._storage.delete(self._skipped_key(bare_jid, device_id))
         if device_id in devices:
@@ -1091,7 +1092,6 @@ class EngineBackend(Backend):
     async def _purge_sessions(self, index: dict[str, list[int]], bare_jid: str) -> None:
         for device_id in index.pop(bare_jid):
             self._sessions.pop((bare_jid, device_id), None)
-            self._inline_skipped.discard((bare_jid, device_id))
             await self._storage.delete(self._session_key(bare_jid, device_id))
             await self._storage.delete(self._skipped_key(bare_jid, device_id))
         await self._storage.delete(f"{self._prefix}session-devices/{bare_jid}")
